@@ -1,0 +1,152 @@
+"""``gensr <command>``: a thin command line over the modules (see ``gensr --help``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gensr.errors import GensrError
+
+console = Console()
+app = typer.Typer(
+    help="gensr: unified search & recommendation with one generative model (GenSR).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare and inspect canonical S&R data directories.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, object]:
+    from gensr.config import parse_set
+
+    return parse_set(pairs)
+
+
+# --- data ------------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(
+    source: str = typer.Argument(..., help="synthetic | amazon | amazon-atomic | kuaisar | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Data directory to write."),
+    raw: Path | None = typer.Option(None, "--raw", help="Raw file or folder to read."),
+    seed: int = typer.Option(0, help="Seed for query choice and candidate sampling."),
+    split: str | None = typer.Option(
+        None, help="Split strategy: loo | day | given (default: the source's own)."),
+    negatives: int = typer.Option(99, help="Sampled negatives per evaluation instance."),
+    option: list[str] | None = typer.Option(
+        None, "--option", help="Adapter option key=value (repeatable), e.g. min_user=5."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+) -> None:
+    """Convert raw logs into a canonical data directory and print the adapter's report."""
+    from gensr.data.prepare import prepare
+
+    start = time.time()
+    path, report = prepare(source, raw, out, seed=seed, split=split,  # type: ignore[arg-type]
+                           n_negatives=negatives, overwrite=overwrite,
+                           options=_parse_options(option))
+    _print_report(report)
+    console.print(f"wrote [bold]{path}[/bold] in {time.time() - start:.1f}s")
+
+
+def _print_report(report) -> None:
+    table = Table(title=f"{report.source}: rows read / dropped")
+    table.add_column("what")
+    table.add_column("rows", justify="right")
+    for f, n in report.files.items():
+        table.add_row(f"read {f}", f"{n:,}")
+    for reason, n in report.dropped.items():
+        table.add_row(f"dropped: {reason}", f"{n:,}")
+    console.print(table)
+    _print_counts(report.counts)
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+def _print_counts(counts: dict) -> None:
+    console.print(
+        f"users {counts['users']:,}  items {counts['items']:,}  queries {counts['queries']:,}  "
+        f"interactions rec {counts['interactions']['rec']:,} src {counts['interactions']['src']:,}"
+    )
+    table = Table(title="interactions per split")
+    table.add_column("split")
+    table.add_column("rec", justify="right")
+    table.add_column("src", justify="right")
+    for split, row in counts["by_split"].items():
+        table.add_row(split, f"{row['rec']:,}", f"{row['src']:,}")
+    console.print(table)
+
+
+@data_app.command("stats")
+def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data directory.")) -> None:
+    """Print users/items/queries and interactions per behaviour and split."""
+    from gensr.data import load_data
+    from gensr.data.canonical import dataset_counts
+
+    data = load_data(data_dir)
+    console.print(f"[bold]{data.name}[/bold] ({data.path}) fingerprint {data.fingerprint}")
+    counts = dataset_counts(data.interactions, data.n_items, data.n_queries)
+    _print_counts(counts)
+    for split in ("valid", "test"):
+        cands = data.candidates(split)
+        per = dict(cands.group_by("task").len().iter_rows())
+        console.print(f"{split} instances: rec {per.get('rec', 0):,}  src {per.get('src', 0):,}"
+                      f"  ({len(cands['candidates'][0]) if cands.height else 0} candidates each)")
+
+
+# --- evaluation of the reference scorers (the model issue adds training) -----------------
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path | None = typer.Argument(None, help="A run directory (from `gensr train`)."),
+    model: str | None = typer.Option(None, help="Or a model that needs no training: "
+                                        "random | pop | bm25."),
+    data: Path | None = typer.Option(None, help="Data directory (with --model, or to "
+                                        "override the run's)."),
+    split: str = typer.Option("test", help="valid | test"),
+    full: bool = typer.Option(False, help="Full ranking over all items (models that can)."),
+    ties: str = typer.Option("expected", help="expected | pessimistic | optimistic"),
+    batch_size: int = typer.Option(64, help="Instances per batch."),
+    max_instances: int | None = typer.Option(None, help="Seeded subset of instances."),
+    save_scores: Path | None = typer.Option(None, help="Write every instance's scores "
+                                               "(Parquet)."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+) -> None:
+    """Evaluate a trained run or a reference scorer on the stored candidates."""
+    from gensr.eval.runner import evaluate_run
+
+    evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
+                 batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
+                 device=device, console=console)
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Where to write data and results."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+) -> None:
+    """The main job on the embedded synthetic data: prepare, evaluate, print one table."""
+    from gensr.quickstart import run_quickstart
+
+    run_quickstart(out, device=device, console=console)
+
+
+def main() -> None:
+    """Console-script entry point: errors at gensr's boundaries print one line, exit 2."""
+    try:
+        app()
+    except GensrError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The one batch format every model consumes, and the instance tables that produce it.
+
+An *instance* is (user, history cut point ``seq``, task, query, candidates). Training instances
+hold a positive and ``k`` sampled negatives with 0/1 labels; evaluation instances hold the 100
+stored candidates. Models see only :class:`Batch`: trainer, evaluator, ``compare`` and
+``serve`` never special-case a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import numpy as np
+import polars as pl
+import torch
+
+from gensr.data.candidates import InteractedSet, sample_negatives
+from gensr.data.dataset import SRData
+
+TASK_INDEX = {"rec": 0, "src": 1}
+
+
+@dataclass
+class Batch:
+    """A batch of B instances with C candidates each (all LongTensor unless noted).
+
+    user (B,), task (B,) 0=rec 1=src, query (B,) 0 = none,
+    hist_item / hist_behaviour / hist_query (B, L) left-padded with 0 (most recent last;
+    behaviour 1 = rec, 2 = src), candidates (B, C) item ids,
+    labels (B, C) float 0/1 or None, target_pos (B,) or None (evaluation).
+    """
+
+    user: torch.Tensor
+    task: torch.Tensor
+    query: torch.Tensor
+    hist_item: torch.Tensor
+    hist_behaviour: torch.Tensor
+    hist_query: torch.Tensor
+    candidates: torch.Tensor
+    labels: torch.Tensor | None = None
+    target_pos: torch.Tensor | None = None
+
+    @property
+    def hist_mask(self) -> torch.Tensor:
+        """(B, L) True where a history position holds an interaction."""
+        return self.hist_item > 0
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{
+            f.name: (None if getattr(self, f.name) is None
+                     else getattr(self, f.name).to(device, non_blocking=True))
+            for f in fields(self)
+        })
+
+    def select(self, index: torch.Tensor) -> Batch:
+        """The instances at ``index`` (rows)."""
+        return Batch(**{
+            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+            for f in fields(self)
+        })
+
+
+@dataclass
+class InstanceTable:
+    """Instances as numpy arrays; :meth:`batches` turns slices into :class:`Batch` objects."""
+
+    user: np.ndarray
+    task: np.ndarray
+    query: np.ndarray
+    seq: np.ndarray
+    candidates: np.ndarray  # (N, C)
+    labels: np.ndarray | None = None  # (N, C)
+    target_pos: np.ndarray | None = None  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @classmethod
+    def from_candidates(cls, frame: pl.DataFrame) -> InstanceTable:
+        """From a stored ``candidates_{split}.parquet`` frame."""
+        cands = np.asarray(frame["candidates"].to_list(), dtype=np.int64)
+        if cands.ndim != 2:
+            cands = cands.reshape(len(frame), -1)
+        return cls(
+            user=frame["user_id"].to_numpy().astype(np.int64),
+            task=np.where(frame["task"].to_numpy() == "rec", 0, 1).astype(np.int64),
+            query=frame["query_id"].fill_null(0).to_numpy().astype(np.int64),
+            seq=frame["seq"].to_numpy().astype(np.int64),
+            candidates=cands,
+            target_pos=frame["target_pos"].to_numpy().astype(np.int64),
+        )
+
+    def subset(self, index: np.ndarray) -> InstanceTable:
+        return InstanceTable(**{
+            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+            for f in fields(self)
+        })
+
+    def batches(
+        self,
+        data: SRData,
+        batch_size: int,
+        max_his_len: int,
+        *,
+        order: np.ndarray | None = None,
+        start: int = 0,
+    ) -> Iterator[Batch]:
+        """Yield batches in ``order`` (default: stored order), from batch number ``start``."""
+        order = np.arange(len(self)) if order is None else order
+        for b in range(start * batch_size, len(order), batch_size):
+            yield self.make_batch(data, order[b : b + batch_size], max_his_len)
+
+    def make_batch(self, data: SRData, index: np.ndarray, max_his_len: int) -> Batch:
+        items, beh, queries = data.sequences.history(self.user[index], self.seq[index],
+                                                     max_his_len)
+        t = torch.from_numpy
+        return Batch(
+            user=t(self.user[index]),
+            task=t(self.task[index]),
+            query=t(self.query[index]),
+            hist_item=t(items),
+            hist_behaviour=t(beh),
+            hist_query=t(queries),
+            candidates=t(self.candidates[index]),
+            labels=None if self.labels is None else t(self.labels[index]).float(),
+            target_pos=None if self.target_pos is None else t(self.target_pos[index]),
+        )
+
+
+def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,
+                   max_instances: int | None = None, seed: int = 0) -> InstanceTable:
+    """The stored evaluation instances of a split, optionally a seeded subset per task."""
+    frame = data.candidates(split)
+    if tasks is not None:
+        frame = frame.filter(pl.col("task").is_in(list(tasks)))
+    table = InstanceTable.from_candidates(frame)
+    if max_instances is not None and len(table) > max_instances:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(table), size=max_instances, replace=False))
+        table = table.subset(keep)
+    return table
+
+
+class TrainSampler:
+    """Training instances: each training-split interaction as a positive with ``k`` negatives.
+
+    Negatives are drawn uniformly from items the user never interacted with, anew each epoch
+    from ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data: SRData, n_negatives: int, seed: int = 0) -> None:
+        train = data.train().sort("user_id", "seq", "behaviour")
+        self.data = data
+        self.k = int(n_negatives)
+        self.seed = int(seed)
+        self.user = train["user_id"].to_numpy().astype(np.int64)
+        self.item = train["item_id"].to_numpy().astype(np.int64)
+        self.task = np.where(train["behaviour"].to_numpy() == "rec", 0, 1).astype(np.int64)
+        self.query = train["query_id"].fill_null(0).to_numpy().astype(np.int64)
+        self.seq = train["seq"].to_numpy().astype(np.int64)
+        inter = data.interactions
+        self.interacted = InteractedSet(inter["user_id"].to_numpy(), inter["item_id"].to_numpy(),
+                                        data.n_items)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def epoch(self, epoch: int) -> tuple[InstanceTable, np.ndarray]:
+        """The epoch's instances and the shuffled order to visit them in."""
+        rng = np.random.default_rng([self.seed, epoch])
+        negatives = sample_negatives(rng, self.user, self.interacted, self.k)
+        cands = np.concatenate([self.item[:, None], negatives], axis=1)
+        labels = np.zeros(cands.shape, dtype=np.float32)
+        labels[:, 0] = 1.0
+        table = InstanceTable(user=self.user, task=self.task, query=self.query, seq=self.seq,
+                              candidates=cands, labels=labels)
+        return table, rng.permutation(len(table))

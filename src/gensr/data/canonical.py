@@ -1,0 +1,367 @@
+"""From an adapter's raw log to the canonical data directory.
+
+Every adapter produces a :class:`RawLog` (original ids, query *texts*) and a :class:`Report`;
+:func:`write_canonical` does the rest the same way for all sources: id mapping, per-user event
+order, the split, the evaluation candidates, the fingerprint, and an atomic write (a temporary
+directory renamed into place, so a failure never leaves a half-written ``--out``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gensr.data import schema
+from gensr.data.candidates import build_candidates
+from gensr.errors import DataError
+
+SplitStrategy = Literal["loo", "day", "given"]
+
+RAW_INTERACTION_COLUMNS = {
+    "user": pl.Utf8,
+    "item": pl.Utf8,
+    "behaviour": pl.Utf8,
+    "query": pl.Utf8,
+    "timestamp": pl.Int64,
+    "event": pl.Int64,
+}
+
+
+@dataclass
+class Report:
+    """What an adapter read, dropped (per reason) and kept; printed and written as JSON/MD."""
+
+    source: str
+    files: dict[str, int] = field(default_factory=dict)  # file -> rows read
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped
+    settings: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, object] = field(default_factory=dict)  # filled by write_canonical
+
+    def read(self, file: str | Path, rows: int) -> None:
+        self.files[Path(file).name] = self.files.get(Path(file).name, 0) + int(rows)
+
+    def drop(self, reason: str, rows: int) -> None:
+        if rows:
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(rows)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "files_read": self.files,
+            "dropped": self.dropped,
+            "settings": self.settings,
+            "notes": self.notes,
+            "counts": self.counts,
+        }
+
+    def to_markdown(self) -> str:
+        lines = [f"# Data report: {self.source}", "", "## Rows read", ""]
+        lines += [f"- `{f}`: {n:,}" for f, n in self.files.items()]
+        lines += ["", "## Rows dropped", ""]
+        lines += [f"- {r}: {n:,}" for r, n in self.dropped.items()] or ["- none"]
+        lines += ["", "## After filtering", ""]
+        lines += [f"- {k}: {v:,}" if isinstance(v, int) else f"- {k}: {v}" for k, v in
+                  _flatten(self.counts).items()]
+        if self.settings:
+            lines += ["", "## Settings", ""]
+            lines += [f"- {k}: {v}" for k, v in self.settings.items()]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class RawLog:
+    """An adapter's output, still in original ids.
+
+    ``interactions`` columns: user, item (str), behaviour ("rec"|"src"), query (query text,
+    null for rec), timestamp (int64), event (int64 tie-break inside a timestamp: rows of one
+    user with equal (timestamp, event) are one event, e.g. a purchase that yields a rec and a
+    src interaction), and optionally split ("train"|"valid"|"test") for ``split="given"``.
+    ``items`` columns: item (str), text (str), category (str, levels joined by " > ").
+    """
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame
+    name: str
+    source_file: str = "interactions"
+    items_file: str = "items"
+
+
+def kcore_filter(
+    inter: pl.DataFrame, min_user: int, min_item: int, report: Report, reason_prefix: str = ""
+) -> pl.DataFrame:
+    """Iteratively drop users with < ``min_user`` and items with < ``min_item`` interactions
+    until a fixed point (the usual k-core filtering)."""
+    while True:
+        before = inter.height
+        if min_user > 1:
+            keep = inter.group_by("user").len().filter(pl.col("len") >= min_user)
+            n = inter.height
+            inter = inter.join(keep.select("user"), on="user", how="semi")
+            report.drop(f"{reason_prefix}user with < {min_user} interactions", n - inter.height)
+        if min_item > 1:
+            keep = inter.group_by("item").len().filter(pl.col("len") >= min_item)
+            n = inter.height
+            inter = inter.join(keep.select("item"), on="item", how="semi")
+            report.drop(f"{reason_prefix}item with < {min_item} interactions", n - inter.height)
+        if inter.height == before:
+            return inter
+
+
+def _check_raw(raw: RawLog) -> pl.DataFrame:
+    inter = raw.interactions
+    missing = [c for c in ("user", "item", "behaviour", "timestamp") if c not in inter.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}", file=raw.source_file)
+    if "query" not in inter.columns:
+        inter = inter.with_columns(pl.lit(None, dtype=pl.Utf8).alias("query"))
+    if "event" not in inter.columns:
+        inter = inter.with_columns(pl.lit(0, dtype=pl.Int64).alias("event"))
+    bad = inter.filter(~pl.col("behaviour").is_in(list(schema.BEHAVIOURS)))
+    if bad.height:
+        raise DataError(
+            f"behaviour must be 'rec' or 'src', found {bad['behaviour'][0]!r}",
+            file=raw.source_file, column="behaviour",
+        )
+    return inter.with_columns(
+        pl.col("user").cast(pl.Utf8),
+        pl.col("item").cast(pl.Utf8),
+        pl.col("timestamp").cast(pl.Int64),
+        pl.col("event").cast(pl.Int64),
+    )
+
+
+def _assign_split(inter: pl.DataFrame, strategy: SplitStrategy, day_seconds: int) -> pl.DataFrame:
+    if strategy == "given":
+        if "split" not in inter.columns:
+            raise DataError("split='given' needs a 'split' column")
+        return inter
+    if strategy == "loo":
+        last = pl.col("seq").max().over("user_id")
+        return inter.with_columns(
+            pl.when(pl.col("seq") == last)
+            .then(pl.lit("test"))
+            .when(pl.col("seq") == last - 1)
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+            .alias("split")
+        )
+    if strategy == "day":
+        day = pl.col("timestamp") // day_seconds
+        last_day = inter.select(day.max()).item()
+        return inter.with_columns(
+            pl.when(day == last_day)
+            .then(pl.lit("test"))
+            .when(day == last_day - 1)
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+            .alias("split")
+        )
+    raise DataError(f"unknown split strategy {strategy!r} (use loo, day or given)")
+
+
+def fingerprint_arrays(inter: pl.DataFrame, n_items: int) -> str:
+    """A content hash of the canonical interactions and item count (names the data)."""
+    h = hashlib.sha256()
+    for col in ("user_id", "item_id", "seq"):
+        h.update(inter[col].to_numpy().astype(np.int64).tobytes())
+    h.update(inter["behaviour"].cast(pl.Categorical).to_physical().to_numpy().tobytes())
+    h.update(inter["query_id"].fill_null(0).to_numpy().astype(np.int64).tobytes())
+    h.update(inter["split"].cast(pl.Categorical).to_physical().to_numpy().tobytes())
+    h.update(str(n_items).encode())
+    return h.hexdigest()[:16]
+
+
+def write_canonical(
+    raw: RawLog,
+    out_dir: str | Path,
+    report: Report,
+    *,
+    split: SplitStrategy,
+    seed: int = 0,
+    n_negatives: int = 99,
+    day_seconds: int = 86_400,
+    overwrite: bool = False,
+) -> Path:
+    """Map ids, order events, split, sample candidates and write the data directory atomically.
+
+    Interactions naming an item absent from ``raw.items`` raise a :class:`DataError`; items
+    that no kept interaction names are left out (counted in the report).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"output directory {out_dir} exists and is not empty (use --overwrite)")
+    inter = _check_raw(raw)
+    items = raw.items
+    for col in ("item", "text"):
+        if col not in items.columns:
+            raise DataError(f"missing column '{col}'", file=raw.items_file)
+    if "category" not in items.columns:
+        items = items.with_columns(pl.lit("").alias("category"))
+    items = items.with_columns(pl.col("item").cast(pl.Utf8), pl.col("text").fill_null(""),
+                               pl.col("category").fill_null(""))
+    dup = items.filter(pl.col("item").is_duplicated())
+    if dup.height:
+        raise DataError(f"duplicate item id {dup['item'][0]!r}", file=raw.items_file,
+                        column="item")
+    unknown = inter.join(items.select("item"), on="item", how="anti")
+    if unknown.height:
+        raise DataError(
+            f"{unknown.height} interaction(s) name item(s) not in the items file, "
+            f"e.g. {unknown['item'][0]!r}",
+            file=raw.source_file, column="item",
+        )
+    n = inter.height
+    inter = inter.filter(
+        (pl.col("behaviour") == "rec")
+        | (pl.col("query").is_not_null() & (pl.col("query").str.strip_chars() != ""))
+    )
+    report.drop("search interaction without a query", n - inter.height)
+    if inter.height == 0:
+        raise DataError("no interactions left after filtering", file=raw.source_file)
+
+    # Ids: contiguous from 1 in order of first appearance; 0 is padding.
+    inter = inter.with_row_index("_row")
+    users = inter.group_by("user").agg(pl.col("_row").min()).sort("_row")
+    users = users.with_columns(pl.int_range(1, users.height + 1, dtype=pl.Int32).alias("user_id"))
+    kept_items = inter.group_by("item").agg(pl.col("_row").min()).sort("_row")
+    kept_items = kept_items.with_columns(
+        pl.int_range(1, kept_items.height + 1, dtype=pl.Int32).alias("item_id")
+    )
+    report.drop("item without interactions (items file)",
+                items.height - kept_items.height)
+    queries = (
+        inter.filter(pl.col("query").is_not_null())
+        .group_by("query").agg(pl.col("_row").min()).sort("_row")
+    )
+    queries = queries.with_columns(
+        pl.int_range(1, queries.height + 1, dtype=pl.Int32).alias("query_id")
+    )
+    inter = (
+        inter.join(users.select("user", "user_id"), on="user")
+        .join(kept_items.select("item", "item_id"), on="item")
+        .join(queries.select("query", "query_id"), on="query", how="left")
+    )
+    inter = inter.with_columns(
+        pl.struct("timestamp", "event").rank("dense").over("user_id").cast(pl.Int32)
+        .alias("seq") - 1
+    )
+    inter = _assign_split(inter, split, day_seconds)
+    inter = inter.select(
+        pl.col("user_id").cast(pl.Int32),
+        pl.col("item_id").cast(pl.Int32),
+        pl.col("behaviour"),
+        pl.col("query_id").cast(pl.Int32),
+        pl.col("timestamp").cast(pl.Int64),
+        pl.col("seq").cast(pl.Int32),
+        pl.col("split"),
+    ).sort("user_id", "seq", "behaviour")
+
+    items_out = (
+        kept_items.select("item", "item_id")
+        .join(items, on="item")
+        .sort("item_id")
+        .select(
+            pl.col("item_id").cast(pl.Int32),
+            pl.col("item").alias("orig_id"),
+            pl.col("text"),
+            pl.col("category"),
+        )
+    )
+    n_items = items_out.height
+    cand_tables = build_candidates(inter, n_items, seed=seed, n_negatives=n_negatives)
+
+    counts = dataset_counts(inter, n_items, queries.height)
+    report.counts = counts
+    report.settings.update({"split": split, "seed": seed, "n_negatives": n_negatives})
+    meta = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "name": raw.name,
+        "source": report.source,
+        "fingerprint": fingerprint_arrays(inter, n_items),
+        "n_users": users.height,
+        "n_items": n_items,
+        "n_queries": queries.height,
+        "split": split,
+        "seed": seed,
+        "n_negatives": n_negatives,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "counts": counts,
+        "settings": report.settings,
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _write(tmp / "interactions.parquet", inter, schema.INTERACTIONS)
+        _write(tmp / "items.parquet", items_out, schema.ITEMS)
+        _write(
+            tmp / "queries.parquet",
+            queries.select(pl.col("query_id"), pl.col("query").alias("text")),
+            schema.QUERIES,
+        )
+        _write(
+            tmp / "users.parquet",
+            users.select(pl.col("user_id"), pl.col("user").alias("orig_id")),
+            schema.USERS,
+        )
+        for split_name, table in cand_tables.items():
+            _write(tmp / f"candidates_{split_name}.parquet", table, schema.CANDIDATES)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        (tmp / "report.md").write_text(report.to_markdown())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write(path: Path, frame: pl.DataFrame, arrow_schema: pa.Schema) -> None:
+    table = frame.to_arrow().select(arrow_schema.names).cast(arrow_schema)
+    pq.write_table(table, path, compression="zstd")
+
+
+def dataset_counts(inter: pl.DataFrame, n_items: int, n_queries: int) -> dict[str, object]:
+    """Users/items/queries and interactions per behaviour and split."""
+    per = inter.group_by("split", "behaviour").len()
+    table: dict[str, dict[str, int]] = {s: {b: 0 for b in schema.BEHAVIOURS}
+                                        for s in schema.SPLITS}
+    for s, b, n in per.iter_rows():
+        table[s][b] = int(n)
+    return {
+        "users": int(inter["user_id"].n_unique()),
+        "items": int(n_items),
+        "queries": int(n_queries),
+        "interactions": {
+            b: int((inter["behaviour"] == b).sum()) for b in schema.BEHAVIOURS
+        },
+        "by_split": table,
+    }

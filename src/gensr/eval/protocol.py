@@ -1,0 +1,173 @@
+"""The evaluation protocol: every model, the same stored candidates, the same metrics.
+
+Sampled mode (the paper's): each valid/test instance ranks its 100 stored candidates (the
+target and 99 items the user never interacted with, in a shuffled order); Recall@K and NDCG@K
+for K in {1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
+
+Full-ranking mode: models that can score every item rank the whole catalogue; the user's
+other interacted items (training split) are masked, the target never is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances
+from gensr.data.dataset import SRData
+from gensr.eval.metrics import KS, TieRule, metric_names, rank_metrics
+from gensr.models.base import SRModel
+
+Metrics = dict[str, dict[str, float]]
+
+
+def _summarise(per_task: dict[str, dict[str, list[torch.Tensor]]], ks: tuple[int, ...]
+               ) -> Metrics:
+    out: Metrics = {}
+    for task, parts in per_task.items():
+        if not parts:
+            continue
+        row = {name: float(torch.cat(parts[name]).mean()) for name in metric_names(ks)}
+        row["n"] = int(sum(len(p) for p in parts[metric_names(ks)[0]]))
+        out[task] = row
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: SRModel,
+    data: SRData,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    tasks: tuple[str, ...] | None = None,
+    max_instances: int | None = None,
+    ties: TieRule = "expected",
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    scores_out: str | Path | None = None,
+    seed: int = 0,
+) -> Metrics:
+    """Score ``split``'s stored candidates with ``model``; metrics per task.
+
+    Tasks the model does not serve (``model.tasks``) are skipped. ``max_instances`` takes a
+    seeded subset (the same for every model). ``scores_out`` writes every instance's scores
+    to a Parquet file (instance_id, task, scores).
+    """
+    tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
+    if not tasks:
+        return {}
+    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed)
+    return evaluate_table(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
+                          device=device, progress=progress, scores_out=scores_out,
+                          desc=f"{model.name} {split}")
+
+
+@torch.no_grad()
+def evaluate_table(
+    model: SRModel,
+    data: SRData,
+    table: InstanceTable,
+    *,
+    batch_size: int = 64,
+    ties: TieRule = "expected",
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    scores_out: str | Path | None = None,
+    desc: str = "evaluate",
+) -> Metrics:
+    """Like :func:`evaluate` on an explicit :class:`InstanceTable` (used by the trainer)."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else model.device
+    per_task: dict[str, dict[str, list[torch.Tensor]]] = {
+        t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
+    }
+    saved: list[np.ndarray] = []
+    n_batches = (len(table) + batch_size - 1) // batch_size
+    max_his_len = model.config.max_his_len
+    batches = table.batches(data, batch_size, max_his_len)
+    for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False):
+        batch = batch.to(device)
+        scores = model.score(batch).float()
+        metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
+        for task, index in TASK_INDEX.items():
+            sel = batch.task == index
+            if sel.any():
+                for name, values in metrics.items():
+                    per_task[task][name].append(values[sel].cpu())
+        if scores_out is not None:
+            saved.append(scores.cpu().numpy())
+    if was_training:
+        model.train()
+    if scores_out is not None:
+        all_scores = np.concatenate(saved) if saved else np.zeros((0, 0), np.float32)
+        pl.DataFrame({
+            "row": np.arange(len(table), dtype=np.int64),
+            "user_id": table.user, "task": np.where(table.task == 0, "rec", "src"),
+            "scores": list(all_scores.astype(np.float32)),
+        }).write_parquet(scores_out)
+    return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)
+
+
+@torch.no_grad()
+def evaluate_full(
+    model: SRModel,
+    data: SRData,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+    tasks: tuple[str, ...] | None = None,
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Metrics:
+    """Full ranking over all items; the user's training items are masked (not the target)."""
+    if not model.supports_full_ranking:
+        raise NotImplementedError(f"{model.name} cannot score every item")
+    tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
+    frame = data.candidates(split).filter(pl.col("task").is_in(list(tasks)))
+    table = InstanceTable.from_candidates(frame)
+    targets = frame["target_item"].to_numpy().astype(np.int64)
+    train = data.train()
+    seen_u = train["user_id"].to_numpy().astype(np.int64)
+    seen_i = train["item_id"].to_numpy().astype(np.int64)
+    order = np.argsort(seen_u, kind="stable")
+    seen_u, seen_i = seen_u[order], seen_i[order]
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else model.device
+    per_task: dict[str, dict[str, list[torch.Tensor]]] = {
+        t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
+    }
+    rows = np.arange(len(table))
+    for start in tqdm(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
+                      disable=not progress, leave=False):
+        idx = rows[start : start + batch_size]
+        batch = table.make_batch(data, idx, model.config.max_his_len).to(device)
+        scores = model.score_all(batch).float().clone()
+        scores[:, 0] = float("-inf")
+        lo = np.searchsorted(seen_u, table.user[idx], side="left")
+        hi = np.searchsorted(seen_u, table.user[idx], side="right")
+        r = np.repeat(np.arange(len(idx)), hi - lo)
+        c = np.concatenate([seen_i[a:b] for a, b in zip(lo, hi)]) if len(r) else np.zeros(
+            0, np.int64)
+        keep = c != targets[idx][r]
+        scores[torch.from_numpy(r[keep]).to(device), torch.from_numpy(c[keep]).to(device)] = (
+            float("-inf"))
+        target = torch.from_numpy(targets[idx]).to(device)
+        metrics = rank_metrics(scores, target, ks=ks)
+        for task, index in TASK_INDEX.items():
+            sel = batch.task == index
+            if sel.any():
+                for name, values in metrics.items():
+                    per_task[task][name].append(values[sel].cpu())
+    if was_training:
+        model.train()
+    return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)

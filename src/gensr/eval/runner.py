@@ -1,0 +1,58 @@
+"""``gensr evaluate``: load a run (or build a reference scorer), evaluate, print and save."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from gensr.data import load_data
+from gensr.errors import ConfigError
+from gensr.eval.protocol import evaluate, evaluate_full
+from gensr.eval.tables import print_table
+from gensr.models.registry import model_class
+from gensr.runs import load_run, pick_device
+
+
+def evaluate_run(
+    *,
+    run_dir: Path | None,
+    model: str | None,
+    data: Path | None,
+    split: str = "test",
+    full: bool = False,
+    ties: str = "expected",
+    batch_size: int = 64,
+    max_instances: int | None = None,
+    save_scores: Path | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``."""
+    console = console or Console()
+    if (run_dir is None) == (model is None):
+        raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
+    if run_dir is not None:
+        net, dataset = load_run(run_dir, data, device)
+    else:
+        if data is None:
+            raise ConfigError("--model needs --data DATA_DIR")
+        dataset = load_data(data)
+        cls = model_class(model)  # type: ignore[arg-type]
+        if cls.trainable:
+            raise ConfigError(f"{model} needs training: run `gensr train --model {model}` first")
+        net = cls(cls.config_class(), dataset).to(pick_device(device))
+    if full:
+        metrics = evaluate_full(net, dataset, split, batch_size=batch_size)
+    else:
+        metrics = evaluate(net, dataset, split, batch_size=batch_size, ties=ties,  # type: ignore[arg-type]
+                           max_instances=max_instances, scores_out=save_scores)
+    name = f"{net.name}{' (full)' if full else ''}"
+    print_table({name: metrics}, metrics=("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20"),
+                title=f"{dataset.name} {split}", console=console)
+    if run_dir is not None:
+        out = Path(run_dir) / f"metrics_{split}{'_full' if full else ''}.json"
+        out.write_text(json.dumps(metrics, indent=2))
+        console.print(f"wrote {out}")
+    return metrics

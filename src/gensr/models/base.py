@@ -1,0 +1,162 @@
+"""The small interface every model implements (GenSR, baselines and reference scorers alike).
+
+* ``loss(batch) -> ModelOutput``: the training objective on a :class:`~gensr.data.Batch`
+  whose ``labels`` mark positives among the candidates;
+* ``score(batch) -> (B, C)``: one score per candidate, higher = ranked first;
+* ``score_all(batch) -> (B, n_items + 1)`` (optional): scores of every item, for full ranking.
+
+Run directories follow Hugging Face's ``save_pretrained``/``from_pretrained``: a
+``model.json`` (model name, config, data fingerprint), ``model.safetensors`` and any
+artefacts the model needs (a tokenizer, say).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gensr.config import update_config
+from gensr.data.batching import Batch
+from gensr.data.dataset import SRData
+from gensr.errors import RunError
+
+
+@dataclass
+class ModelConfig:
+    """Settings shared by every model."""
+
+    max_his_len: int = 20
+
+
+@dataclass
+class ModelOutput:
+    """What ``loss`` returns: the scalar to minimise and named parts to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class SRModel(nn.Module):
+    """Base class of all gensr models. Subclasses set ``name`` and ``config_class``."""
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    tasks: ClassVar[tuple[str, ...]] = ("rec", "src")
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig, data: SRData) -> None:
+        super().__init__()
+        self.config = config
+        self.n_items = data.n_items
+        self.data_fingerprint = data.fingerprint
+
+    # --- the interface -------------------------------------------------------------------
+    def loss(self, batch: Batch) -> ModelOutput:
+        raise NotImplementedError(f"{self.name} is not trainable")
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} cannot score every item (no full ranking)")
+
+    @property
+    def supports_full_ranking(self) -> bool:
+        return type(self).score_all is not SRModel.score_all
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay on matrices, none on biases, norms and embeddings' 1-d params."""
+        decay, no_decay = [], []
+        for _, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # --- persistence ---------------------------------------------------------------------
+    def save_artifacts(self, directory: Path) -> None:
+        """Write anything besides the weights that ``__init__`` needs (override)."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.json`` + ``model.safetensors`` (+ artefacts) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_artifacts(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        # tied weights share storage: keep one name per storage, safetensors refuses aliases
+        seen: dict[int, str] = {}
+        unique = {}
+        for k, v in state.items():
+            ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
+            if ptr in seen and v.numel():
+                continue
+            seen[ptr] = k
+            unique[k] = v
+        save_file(unique, str(directory / "model.safetensors"))
+        (directory / "model.json").write_text(json.dumps({
+            "model": self.name,
+            "config": dataclasses.asdict(self.config),
+            "data_fingerprint": self.data_fingerprint,
+        }, indent=2))
+
+    @classmethod
+    def build(cls, config: ModelConfig, data: SRData, artifacts: Path | None = None) -> SRModel:
+        """Construct the model; ``artifacts`` is a run directory to read saved artefacts from."""
+        return cls(config, data)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, data: SRData) -> SRModel:
+        """Load a model written by :meth:`save_pretrained`, checking it matches ``data``."""
+        directory = Path(directory)
+        card = read_model_card(directory)
+        if card["data_fingerprint"] != data.fingerprint:
+            raise RunError(
+                f"{directory} was trained on data {card['data_fingerprint']}, but {data.path} "
+                f"is {data.fingerprint}: item ids would not match"
+            )
+        config = update_config(cls.config_class(), card["config"])
+        model = cls.build(config, data, artifacts=directory)
+        weights = directory / "model.safetensors"
+        if weights.exists():
+            state = load_file(str(weights))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [m for m in missing if not _is_alias(model, m, state)]
+            if missing or unexpected:
+                raise RunError(f"{weights}: weights do not fit the model "
+                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model
+
+
+def _is_alias(model: nn.Module, name: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``name`` is a tied parameter whose storage was saved under another name."""
+    target = model.state_dict()[name]
+    for k, v in model.state_dict().items():
+        if k != name and k in state and v.data_ptr() == target.data_ptr():
+            return True
+    return False
+
+
+def read_model_card(directory: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a run directory, with a clear error when it is missing."""
+    path = Path(directory) / "model.json"
+    if not path.exists():
+        raise RunError(f"{directory} holds no model (model.json missing): not a finished run")
+    return json.loads(path.read_text())

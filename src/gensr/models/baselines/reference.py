@@ -1,0 +1,128 @@
+"""Reference scorers that sanity-check the protocol: random, popularity and BM25.
+
+They need no training and implement the same :class:`~gensr.models.base.SRModel` interface,
+so they sit in every comparison table beside the trained models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gensr.data.batching import Batch
+from gensr.data.dataset import SRData
+from gensr.data.text import analyze
+from gensr.models.base import ModelConfig, SRModel
+
+
+@dataclass
+class RandomConfig(ModelConfig):
+    seed: int = 0
+
+
+class RandomScorer(SRModel):
+    """Uniform random scores: the chance level of the protocol (R@5 ≈ 0.05)."""
+
+    name = "random"
+    config_class = RandomConfig
+    trainable = False
+
+    def __init__(self, config: RandomConfig, data: SRData) -> None:
+        super().__init__(config, data)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        return torch.rand(batch.candidates.shape, generator=self.generator).to(
+            batch.candidates.device)
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        return torch.rand((len(batch), self.n_items + 1), generator=self.generator).to(
+            batch.candidates.device)
+
+
+@dataclass
+class PopularityConfig(ModelConfig):
+    per_task: bool = True  # count rec and src interactions separately
+
+
+class PopularityScorer(SRModel):
+    """Training-split interaction counts of each item, per task (rec counts for rec, …)."""
+
+    name = "pop"
+    config_class = PopularityConfig
+    trainable = False
+
+    def __init__(self, config: PopularityConfig, data: SRData) -> None:
+        super().__init__(config, data)
+        if config.per_task:
+            counts = np.stack([data.popularity("rec"), data.popularity("src")])
+        else:
+            total = data.popularity()
+            counts = np.stack([total, total])
+        self.register_buffer("counts", torch.from_numpy(counts).float(), persistent=False)
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        return self.counts[batch.task[:, None], batch.candidates]
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        return self.counts[batch.task]
+
+
+@dataclass
+class BM25Config(ModelConfig):
+    k1: float = 1.2
+    b: float = 0.75
+    use_category: bool = True  # index the category path beside the item text
+
+
+class BM25Scorer(SRModel):
+    """Okapi BM25 between the query and each candidate's text (search only)."""
+
+    name = "bm25"
+    config_class = BM25Config
+    tasks = ("src",)
+    trainable = False
+
+    def __init__(self, config: BM25Config, data: SRData) -> None:
+        super().__init__(config, data)
+        texts = data.item_text
+        cats = data.item_category
+        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        lengths = np.zeros(data.n_items + 1)
+        for item in range(1, data.n_items + 1):
+            doc = texts[item] + (" " + cats[item] if config.use_category else "")
+            terms = analyze(doc)
+            lengths[item] = len(terms)
+            tf: dict[str, int] = defaultdict(int)
+            for t in terms:
+                tf[t] += 1
+            for t, n in tf.items():
+                postings[t].append((item, n))
+        avgdl = max(lengths[1:].mean(), 1e-9) if data.n_items else 1.0
+        n_docs = data.n_items
+        self.index: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t, plist in postings.items():
+            items = np.fromiter((p[0] for p in plist), dtype=np.int64, count=len(plist))
+            tf_arr = np.fromiter((p[1] for p in plist), dtype=np.float64, count=len(plist))
+            idf = math.log(1 + (n_docs - len(plist) + 0.5) / (len(plist) + 0.5))
+            norm = config.k1 * (1 - config.b + config.b * lengths[items] / avgdl)
+            self.index[t] = (items, idf * tf_arr * (config.k1 + 1) / (tf_arr + norm))
+        self.query_terms = [analyze(q) for q in data.query_text]
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        cands = batch.candidates.cpu().numpy()
+        out = np.zeros(cands.shape, dtype=np.float64)
+        for row, qid in enumerate(batch.query.cpu().numpy()):
+            for term in self.query_terms[qid]:
+                hit = self.index.get(term)
+                if hit is None:
+                    continue
+                items, weights = hit
+                pos = np.minimum(np.searchsorted(items, cands[row]), len(items) - 1)
+                found = items[pos] == cands[row]
+                out[row, found] += weights[pos[found]]
+        return torch.from_numpy(out).to(batch.candidates.device)

@@ -1,0 +1,23 @@
+"""Model names -> classes. ``gensr train --model NAME`` and ``compare`` look models up here."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from gensr.errors import ConfigError
+from gensr.models.base import SRModel
+
+# name -> "module:Class" (imported lazily so `gensr --help` stays fast)
+MODELS: dict[str, str] = {
+    "random": "gensr.models.baselines.reference:RandomScorer",
+    "pop": "gensr.models.baselines.reference:PopularityScorer",
+    "bm25": "gensr.models.baselines.reference:BM25Scorer",
+}
+
+
+def model_class(name: str) -> type[SRModel]:
+    """The class registered under ``name``."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    module, _, cls = MODELS[name].partition(":")
+    return getattr(import_module(module), cls)

@@ -1,0 +1,59 @@
+"""Run directories: what ``gensr train`` writes and ``evaluate``/``serve``/``compare`` read.
+
+``RUN_DIR/run.json`` records the model name, the data directory and its fingerprint, the
+configs and the training state; ``model.json`` + ``model.safetensors`` hold the best model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gensr.data.dataset import SRData, load_data
+from gensr.errors import RunError
+from gensr.models.base import SRModel, read_model_card
+from gensr.models.registry import model_class
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` or, when None, CUDA if available else CPU (with a clear error for bad names)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RunError(f"unknown device {device!r} (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but CUDA is not available here")
+    return dev
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json`` of a run directory (an empty dict for a bare ``save_pretrained`` folder)."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_run(
+    run_dir: str | Path,
+    data: SRData | str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[SRModel, SRData]:
+    """The best model of a run and its data (from ``run.json`` unless ``data`` is given)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist")
+    card = read_model_card(run_dir)
+    if data is None:
+        info = read_run_info(run_dir)
+        if "data_dir" not in info:
+            raise RunError(f"{run_dir}/run.json names no data directory: pass --data")
+        data = info["data_dir"]
+    if not isinstance(data, SRData):
+        data = load_data(data)
+    model = model_class(card["model"]).from_pretrained(run_dir, data)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev).eval(), data
