@@ -1,0 +1,72 @@
+"""GenSR's configuration: one dataclass, saved in ``model.json`` of every run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gensr.models.base import ModelConfig
+
+# The reference templates (METHOD.md, "Task unifying"), with the domain noun as data.
+# Vector slots: {cf_history} {sem_history} {cf_candidate} {sem_candidate}; text slots:
+# {query} (search only), {items} / {item} (the domain noun, plural / singular).
+REC_TEMPLATE = (
+    "A user has interacted with the following {items}: {cf_history}. The semantic features "
+    "of these {items} are {sem_history}. Using all available information, make a prediction "
+    "about whether the user would enjoy the {item} {cf_candidate} with the semantic feature "
+    '{sem_candidate}? Answer with "Yes" or "No".'
+)
+SRC_TEMPLATE = (
+    "A user has interacted with the following {items}: {cf_history}. The semantic features "
+    "of these {items} are {sem_history}. Using all available information, make a prediction "
+    "about whether the user would click the {item} {cf_candidate} with the semantic feature "
+    '{sem_candidate} based on the query "{query}"? Answer with "Yes" or "No".'
+)
+
+
+@dataclass
+class GenSRConfig(ModelConfig):
+    """Settings of GenSR. Defaults follow the paper's reference run where it gives one.
+
+    ``backbone``: a Hugging Face seq2seq model — hub name (``google/flan-t5-base``, the
+    paper's) or local directory — or ``scratch-t5``: a small T5 built from the ``scratch_*``
+    fields with a WordPiece tokenizer trained on the data's text (**not pretrained**; for
+    offline use, tests and the quickstart).
+    """
+
+    backbone: str = "google/flan-t5-base"
+    cf_path: str = ""  # the item table written by `gensr pretrain-cf`
+    max_his_len: int = 20
+    item_text_tokens: int = 10  # first N tokens of each item's text (reference: 10)
+    max_query_tokens: int = 16
+    # dual-view encoders (Eq. 3-4): reference 1 layer, 2 heads, FFN width = d, dropout 0.1
+    view_layers: int = 1
+    view_heads: int = 2
+    view_dropout: float = 0.1
+    # soft filter (Eq. 5-6): 1 head = the reference's bilinear score
+    filter_heads: int = 1
+    filter_value_projection: bool = True  # learned W_v (the reference used W_v = I)
+    # prompt (Eq. 7)
+    rec_template: str = REC_TEMPLATE
+    src_template: str = SRC_TEMPLATE
+    domain_plural: str = "items"
+    domain_singular: str = "item"
+    answer_yes: str = "Yes"
+    answer_no: str = "No"
+    # loss (Eq. 8-10)
+    tau: float = 0.07
+    lam: float = 0.01
+    # ablations (Fig. 4)
+    use_cf_view: bool = True
+    use_semantic_view: bool = True
+    use_soft_filter: bool = True
+    use_contrastive: bool = True
+    # scoring: pointwise sequences per backbone call (bounds memory, not results)
+    score_chunk: int = 512
+    # scratch backbone (backbone = "scratch-t5")
+    scratch_d_model: int = 64
+    scratch_layers: int = 2
+    scratch_decoder_layers: int = 1
+    scratch_heads: int = 4
+    scratch_d_ff: int = 256
+    scratch_vocab_size: int = 3000
+    scratch_dropout: float = 0.1

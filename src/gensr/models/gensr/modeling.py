@@ -1,0 +1,240 @@
+"""GenSR (Zhao et al. 2025): dual-view history, soft filtering, task prompts, one seq2seq LM.
+
+Scoring one (user, candidate[, query]): encode the user's mixed S&R history in two views
+(:class:`CFView`, :class:`SemanticView`) — once per instance, reused for all its candidates —,
+soft-filter each view with the candidate (:class:`SoftFilter`), splice the two filtered history
+vectors and the two candidate vectors into the task's prompt (:class:`PromptBuilder`) as
+``inputs_embeds``, and read P("Yes") from the first decoder step. Training: NLL of "Yes"/"No"
+(Eq. 9) + λ · symmetric InfoNCE between the filtered CF and semantic history vectors (Eq. 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gensr.data.batching import Batch
+from gensr.data.dataset import SRData
+from gensr.errors import ConfigError
+from gensr.models.base import ModelOutput, SRModel
+from gensr.models.gensr.backbone import Seq2SeqBackbone, load_backbone
+from gensr.models.gensr.configuration import GenSRConfig
+from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
+from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
+from gensr.models.gensr.views import CFView, SemanticView
+
+
+@dataclass
+class HistoryEncoding:
+    """The candidate-independent part of an instance, computed once and reused."""
+
+    cf: torch.Tensor | None  # H^cf (B, L, d_cf)
+    cf_mask: torch.Tensor
+    sem: torch.Tensor | None  # H^sem (B, L*N, d)
+    sem_mask: torch.Tensor | None
+    prompt_ids: torch.Tensor  # (B, T) with slot markers
+    prompt_mask: torch.Tensor  # (B, T)
+
+    def select(self, index: torch.Tensor) -> HistoryEncoding:
+        pick = (lambda x: None if x is None else x[index])  # noqa: E731
+        return HistoryEncoding(pick(self.cf), pick(self.cf_mask), pick(self.sem),
+                               pick(self.sem_mask), pick(self.prompt_ids),
+                               pick(self.prompt_mask))
+
+
+def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 10, symmetrised: cosine similarities / τ, the same user's pair as the positive and
+    the other users in the batch as negatives, averaged over both directions."""
+    sim = F.normalize(z_cf, dim=-1) @ F.normalize(z_sem, dim=-1).T / tau
+    target = torch.arange(sim.shape[0], device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+
+
+def load_cf_table(config: GenSRConfig, data: SRData) -> torch.Tensor:
+    """The frozen CF item table for ``data`` (checked by fingerprint), or zeros if unused."""
+    if not config.use_cf_view:
+        return torch.zeros(data.n_items + 1, 8)
+    if not config.cf_path:
+        raise ConfigError("GenSR's CF view needs cf_path (run `gensr pretrain-cf`, then pass "
+                          "--cf CF_PATH), or turn the view off with use_cf_view=false")
+    from gensr.cf import CFTable
+
+    return CFTable.load(config.cf_path, data).item
+
+
+class GenSR(SRModel):
+    """The generative S&R model. See the module docstring and METHOD.md for the equations."""
+
+    name = "gensr"
+    config_class = GenSRConfig
+
+    def __init__(self, config: GenSRConfig, data: SRData, *, cf_table: torch.Tensor | None = None,
+                 artifacts: Path | None = None) -> None:
+        super().__init__(config, data)
+        if not (config.use_cf_view or config.use_semantic_view):
+            raise ConfigError("GenSR needs at least one view (cf or semantic)")
+        corpus = None
+        if artifacts is None:
+            corpus = [t for t in data.item_text[1:]] + [q for q in data.query_text[1:]]
+            corpus += [config.rec_template, config.src_template] * 20
+        self.backbone: Seq2SeqBackbone = load_backbone(
+            config.backbone, artifacts=artifacts, corpus=corpus,
+            answer_yes=config.answer_yes, answer_no=config.answer_no,
+            scratch={"vocab_size": config.scratch_vocab_size, "d_model": config.scratch_d_model,
+                     "layers": config.scratch_layers,
+                     "decoder_layers": config.scratch_decoder_layers,
+                     "heads": config.scratch_heads, "d_ff": config.scratch_d_ff,
+                     "dropout": config.scratch_dropout},
+        )
+        d_model = self.backbone.d_model
+        tok = self.backbone.tokenizer
+        # token tables of item texts (first N tokens) and queries, built once from the data
+        self.register_buffer("item_tokens", self._token_table(tok, data.item_text,
+                                                              config.item_text_tokens),
+                             persistent=False)
+        query_table = self._token_table(tok, data.query_text, config.max_query_tokens)
+        self.query_tokens = [row[row != self.backbone.pad_id] for row in query_table]
+
+        cf = cf_table if cf_table is not None else load_cf_table(config, data)
+        if cf.shape[0] != data.n_items + 1:
+            raise ConfigError(f"CF table has {cf.shape[0]} rows, the data {data.n_items + 1}")
+        self.cf_view = CFView(cf, config.max_his_len, config.view_layers, config.view_heads,
+                              config.view_dropout)
+        self.semantic_view = SemanticView(d_model, config.max_his_len * config.item_text_tokens,
+                                          config.view_layers, config.view_heads,
+                                          config.view_dropout)
+        self.cf_filter = SoftFilter(self.cf_view.dim, config.filter_heads,
+                                    config.filter_value_projection)
+        self.sem_filter = SoftFilter(d_model, config.filter_heads, config.filter_value_projection)
+        self.cf_projection = nn.Linear(self.cf_view.dim, d_model)  # CF vectors -> d_model
+        self.prompts = PromptBuilder(
+            tok,
+            PromptTemplate.parse(config.rec_template, plural=config.domain_plural,
+                                 singular=config.domain_singular, needs_query=False),
+            PromptTemplate.parse(config.src_template, plural=config.domain_plural,
+                                 singular=config.domain_singular, needs_query=True),
+            eos_id=self.backbone.eos_id, pad_id=self.backbone.pad_id,
+        )
+
+    @classmethod
+    def build(cls, config: GenSRConfig, data: SRData, artifacts: Path | None = None) -> GenSR:
+        return cls(config, data, artifacts=artifacts)
+
+    def save_artifacts(self, directory: Path) -> None:
+        self.backbone.save(directory)
+
+    @staticmethod
+    def _token_table(tokenizer, texts: list[str], width: int) -> torch.Tensor:
+        pad = tokenizer.pad_token_id
+        table = torch.full((len(texts), width), pad, dtype=torch.long)
+        encoded = tokenizer(texts[1:], add_special_tokens=False, truncation=True,
+                            max_length=width)["input_ids"] if len(texts) > 1 else []
+        for i, ids in enumerate(encoded, start=1):
+            table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return table
+
+    # --- the candidate-independent part ----------------------------------------------------
+    def encode_history(self, batch: Batch) -> HistoryEncoding:
+        """CF view (Eq. 3) and semantic view (Eq. 4) of each instance's history, + prompt ids."""
+        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        mask = batch.hist_mask
+        cf = self.cf_view(batch.hist_item, mask) if cfg.use_cf_view else None
+        sem = sem_mask = None
+        if cfg.use_semantic_view:
+            tokens = self.item_tokens[batch.hist_item].flatten(1)  # (B, L*N)
+            sem_mask = (tokens != self.backbone.pad_id) & mask.repeat_interleave(
+                cfg.item_text_tokens, dim=1)
+            sem = self.semantic_view(self.backbone.embed(tokens), sem_mask)
+        ids, prompt_mask = self.prompts.layout(batch.task, batch.query, self.query_tokens)
+        return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask)
+
+    # --- the candidate-dependent part ------------------------------------------------------
+    def slot_vectors(self, enc: HistoryEncoding, candidates: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """The four spliced vectors (B, C, d) for each candidate (Eq. 5-6 and the candidate
+        vectors); a view that is switched off contributes zeros."""
+        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        b, c = candidates.shape
+        d = self.backbone.d_model
+        zeros = candidates.new_zeros((b, c, d), dtype=torch.float).to(self.cf_projection.weight)
+        out = {slot: zeros for slot in VECTOR_SLOTS}
+        if cfg.use_cf_view:
+            e_cf = self.cf_view.item_vectors(candidates)  # (B, C, d_cf), frozen
+            if cfg.use_soft_filter:
+                h_cf = self.cf_filter(e_cf, enc.cf, enc.cf_mask)
+            else:
+                h_cf = masked_mean(enc.cf, enc.cf_mask)[:, None].expand(b, c, -1)
+            out["cf_history"] = self.cf_projection(h_cf)
+            out["cf_candidate"] = self.cf_projection(e_cf)
+        if cfg.use_semantic_view:
+            tokens = self.item_tokens[candidates]  # (B, C, N)
+            e_sem = masked_mean(self.backbone.embed(tokens), tokens != self.backbone.pad_id)
+            if cfg.use_soft_filter:
+                h_sem = self.sem_filter(e_sem, enc.sem, enc.sem_mask)
+            else:
+                h_sem = masked_mean(enc.sem, enc.sem_mask)[:, None].expand(b, c, -1)
+            out["sem_history"] = h_sem
+            out["sem_candidate"] = e_sem
+        return out
+
+    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 7: the prompt's token embeddings with the four vectors spliced in, flattened to
+        (B*C, T, d) pointwise sequences, and their attention mask."""
+        ids = enc.prompt_ids
+        b, t = ids.shape
+        c = vectors["cf_history"].shape[1]
+        base = self.backbone.embed(ids.clamp(min=0))  # (B, T, d)
+        embeds = base[:, None].expand(b, c, t, base.shape[-1])
+        for k, slot in enumerate(VECTOR_SLOTS):
+            at = (ids == PromptBuilder.slot_marker(k))[:, None, :, None]  # (B, 1, T, 1)
+            embeds = torch.where(at, vectors[slot][:, :, None, :].to(embeds.dtype), embeds)
+        mask = enc.prompt_mask[:, None].expand(b, c, t)
+        return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
+
+    def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """First-step vocabulary log-probabilities (B, C, V) and the slot vectors."""
+        vectors = self.slot_vectors(enc, candidates)
+        embeds, mask = self.prompt_embeddings(enc, vectors)
+        logits = self.backbone.first_step_logits(embeds, mask)
+        return logits.view(*candidates.shape, -1), vectors
+
+    # --- the model interface ---------------------------------------------------------------
+    def loss(self, batch: Batch) -> ModelOutput:
+        """Eq. 8: L = L_gen + λ·L_cl over the batch's pointwise (candidate, label) examples."""
+        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        if batch.labels is None:
+            raise ValueError("GenSR.loss needs a batch with labels")
+        enc = self.encode_history(batch)
+        logits, vectors = self.yes_no_logits(enc, batch.candidates)
+        target = torch.where(batch.labels > 0.5, self.backbone.yes_id, self.backbone.no_id)
+        l_gen = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())  # Eq. 9
+        loss, logs = l_gen, {"loss_gen": float(l_gen.detach())}
+        if cfg.use_contrastive and cfg.use_cf_view and cfg.use_semantic_view and len(batch) > 1:
+            positive = batch.labels.argmax(dim=1)  # the filtered vectors w.r.t. the target
+            rows = torch.arange(len(batch), device=positive.device)
+            z_cf = vectors["cf_history"][rows, positive]
+            z_sem = vectors["sem_history"][rows, positive]
+            l_cl = info_nce(z_cf.float(), z_sem.float(), cfg.tau)  # Eq. 10
+            loss = loss + cfg.lam * l_cl
+            logs["loss_cl"] = float(l_cl.detach())
+        return ModelOutput(loss=loss, logs=logs)
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        """P("Yes") of every candidate: the history encoded once per instance, candidates
+        scored in chunks of at most ``score_chunk`` pointwise sequences."""
+        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        enc = self.encode_history(batch)
+        b, c = batch.candidates.shape
+        per_chunk = max(1, cfg.score_chunk // max(b, 1))
+        parts = []
+        for start in range(0, c, per_chunk):
+            cands = batch.candidates[:, start : start + per_chunk]
+            logits, _ = self.yes_no_logits(enc, cands)
+            parts.append(torch.softmax(logits.float(), dim=-1)[..., self.backbone.yes_id])
+        return torch.cat(parts, dim=1)
