@@ -57,7 +57,8 @@ _TAG = re.compile(r"<[/!]?[A-Za-z][^>]*(?:>|$)")
 _SPACES = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 # The asin of a line without parsing it (both quote styles); lines of items no review names
-# are skipped on this cheap test, which keeps the large 2014 metadata files fast to read.
+# are skipped on this cheap test (when it finds exactly one asin), which keeps the large 2014
+# metadata files fast to read.
 _ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 
 
@@ -214,8 +215,8 @@ def _read_meta(path: Path, needed: set[str], report: Report) -> dict[str, dict[s
         if not text.strip():
             continue
         n_lines += 1
-        quick = _ASIN.search(text)
-        if quick and quick.group(1) not in needed:
+        quick = _ASIN.findall(text)
+        if len(quick) == 1 and quick[0] not in needed:
             n_unused += 1
             continue
         record = _parse_record(text, path, line)
