@@ -294,6 +294,7 @@ def write_canonical(
         )
     )
     n_items = items_out.height
+    _check_negatives_fit(inter, users, n_items, n_negatives)
     cand_tables = build_candidates(inter, n_items, seed=seed, n_negatives=n_negatives)
 
     counts = dataset_counts(inter, n_items, queries.height)
@@ -342,6 +343,31 @@ def write_canonical(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_negatives_fit(
+    inter: pl.DataFrame, users: pl.DataFrame, n_items: int, n_negatives: int
+) -> None:
+    """Raise a :class:`DataError` that names the user and the largest workable ``--negatives``
+    when an evaluated user interacted with too much of a small catalogue to leave
+    ``n_negatives`` items to sample from (nothing is dropped silently)."""
+    evaluated = inter.filter(pl.col("split").is_in(["valid", "test"]))["user_id"].unique()
+    free = (
+        inter.filter(pl.col("user_id").is_in(evaluated.implode()))
+        .group_by("user_id").agg(pl.col("item_id").n_unique().alias("n"))
+        .with_columns((n_items - pl.col("n")).alias("free"))
+        .sort("free", "user_id")
+    )
+    if free.height == 0 or free["free"][0] >= n_negatives:
+        return
+    worst = free.row(0, named=True)
+    orig = users.filter(pl.col("user_id") == worst["user_id"])["user"][0]
+    raise DataError(
+        f"user {orig!r} interacted with {worst['n']} of the {n_items} items, leaving "
+        f"{worst['free']} to sample its {n_negatives} evaluation negatives from; use "
+        f"--negatives {worst['free']} (or fewer) for this small catalogue, or filter such "
+        "users out"
+    )
 
 
 def _write(path: Path, frame: pl.DataFrame, arrow_schema: pa.Schema) -> None:

@@ -1,0 +1,210 @@
+"""``csv``: your own S&R logs as two CSV files -> canonical log.
+
+``interactions.csv`` (one row per interaction, a header line, extra columns ignored):
+
+======== ==========================================================================
+user      user id (any text)
+item      item id (any text; must be in ``items.csv``)
+timestamp integer Unix seconds, or an ISO 8601 date-time (``2024-03-01T18:30:00``,
+          ``2024-03-01 18:30``, ``2024-03-01``, with or without ``Z``/``+02:00``; a time
+          without offset is UTC)
+behaviour ``rec`` (recommendation: a click/purchase with no query) or ``src`` (search)
+query     the query text of a ``src`` row; empty for ``rec`` (the column may be left out
+          when there is no ``src`` row)
+======== ==========================================================================
+
+``items.csv``: ``item,text[,category]``: the item id, its text (title, description…) and
+optionally its category path with levels separated by " > " (``Books > Fiction``).
+
+Rows of one user are ordered by timestamp, then by line (rows of one user with the same
+timestamp stay in file order). ``min_user`` / ``min_item`` (default 1: keep everything)
+k-core filter the interactions. Any bad value raises a :class:`~gensr.errors.DataError`
+naming the file, line (the header is line 1) and column.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from gensr.data.canonical import RawLog, Report, kcore_filter
+from gensr.errors import DataError
+
+INTERACTION_COLUMNS = ("user", "item", "timestamp", "behaviour")
+ITEM_COLUMNS = ("item", "text")
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"option {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _read(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
+    """The whole file as strings (stripped, empty -> null) plus ``_line``."""
+    if not path.is_file():
+        raise DataError("file is missing", file=str(path))
+    try:
+        frame = pl.read_csv(path, infer_schema=False, row_index_name="_line",
+                            row_index_offset=2)
+    except pl.exceptions.NoDataError:
+        raise DataError("the file is empty (expected a header line)", file=str(path)) from None
+    except pl.exceptions.PolarsError as err:
+        _raise_ragged_row(path)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot read the CSV: {first}", file=str(path)) from None
+    frame = frame.rename({c: c.strip() for c in frame.columns})
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)}", file=str(path), line=1,
+                        column=missing[0])
+    text = [c for c in frame.columns if c != "_line"]
+    return frame.with_columns(
+        pl.col(c).str.strip_chars().replace("", None) for c in text
+    )
+
+
+def _raise_ragged_row(path: Path) -> None:
+    """Name the first row whose number of fields differs from the header's (if any)."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, [])
+        for row in rows:
+            if row and len(row) != len(header):
+                raise DataError(f"cannot read the CSV: {len(row)} fields where the header has "
+                                f"{len(header)}", file=str(path), line=rows.line_num)
+
+
+def _first_bad(frame: pl.DataFrame, bad: pl.Expr, path: Path, column: str, problem: str) -> None:
+    """Raise ``problem`` for the first row where ``bad`` holds, naming its line and value."""
+    rows = frame.filter(bad).select("_line", column)
+    if rows.height:
+        line, value = rows.row(0)
+        found = "an empty value" if value is None else repr(value)
+        raise DataError(f"{problem}, found {found}", file=str(path), line=int(line),
+                        column=column)
+
+
+def _require(frame: pl.DataFrame, path: Path, column: str) -> None:
+    _first_bad(frame, pl.col(column).is_null(), path, column, f"{column} is required")
+
+
+def parse_timestamp(value: str) -> int | None:
+    """Integer Unix seconds, or an ISO 8601 date-time (UTC when it has no offset) -> seconds;
+    None when it is neither."""
+    text = value.strip()
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
+
+
+def _read_items(path: Path, report: Report) -> pl.DataFrame:
+    frame = _read(path, ITEM_COLUMNS)
+    report.read(path, frame.height)
+    _require(frame, path, "item")
+    dup = frame.filter(pl.col("item").is_duplicated())
+    if dup.height:
+        item = dup["item"][0]
+        lines = dup.filter(pl.col("item") == item)["_line"].sort()
+        raise DataError(f"duplicate item id {item!r} (also on line {lines[0]})",
+                        file=str(path), line=int(lines[1]), column="item")
+    category = pl.col("category") if "category" in frame.columns else pl.lit(None)
+    return frame.select(
+        "item",
+        pl.col("text").fill_null(""),
+        category.cast(pl.Utf8).fill_null("").alias("category"),
+    )
+
+
+def _read_interactions(path: Path, items: pl.DataFrame, items_path: Path,
+                       report: Report) -> pl.DataFrame:
+    frame = _read(path, INTERACTION_COLUMNS)
+    report.read(path, frame.height)
+    if frame.height == 0:
+        raise DataError("no interactions in the file", file=str(path))
+    for column in ("user", "item", "timestamp"):
+        _require(frame, path, column)
+    _first_bad(frame,
+               ~pl.col("behaviour").is_in(["rec", "src"]).fill_null(False), path, "behaviour",
+               "behaviour must be 'rec' or 'src'")
+    has_query = "query" in frame.columns
+    if not has_query:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Utf8).alias("query"))
+    src_without = frame.filter((pl.col("behaviour") == "src") & pl.col("query").is_null())
+    if src_without.height:
+        column = "query" if has_query else None
+        raise DataError("a 'src' (search) row needs a query" + (
+            "" if has_query else ": the file has no 'query' column"),
+            file=str(path), line=int(src_without["_line"][0]), column=column)
+
+    stamps = frame["timestamp"].unique().to_list()
+    seconds = {s: parse_timestamp(s) for s in stamps}
+    frame = frame.with_columns(
+        pl.col("timestamp").replace_strict(seconds, return_dtype=pl.Int64, default=None)
+        .alias("seconds")
+    )
+    _first_bad(frame, pl.col("seconds").is_null(), path, "timestamp",
+               "timestamp must be integer Unix seconds or an ISO 8601 date-time")
+
+    unknown = frame.join(items.select("item"), on="item", how="anti")
+    if unknown.height:
+        first = unknown.sort("_line").row(0, named=True)
+        raise DataError(f"item {first['item']!r} is not in {items_path.name} "
+                        f"({unknown.height} such interaction(s))", file=str(path),
+                        line=first["_line"], column="item")
+    rec_with_query = frame.filter((pl.col("behaviour") == "rec") & pl.col("query").is_not_null())
+    if rec_with_query.height:
+        report.notes.append(f"{rec_with_query.height} rec row(s) carry a query: it is ignored "
+                            "(only src rows have queries)")
+    return frame.select(
+        "user", "item", "behaviour",
+        pl.when(pl.col("behaviour") == "src").then(pl.col("query")).alias("query"),
+        pl.col("seconds").alias("timestamp"),
+        pl.col("_line").cast(pl.Int64).alias("event"),
+    )
+
+
+def read_csv_logs(
+    raw: str | Path,
+    *,
+    interactions: str = "interactions.csv",
+    items: str = "items.csv",
+    min_user: int = 1,
+    min_item: int = 1,
+    seed: int = 0,
+) -> tuple[RawLog, Report]:
+    """Read ``raw/interactions.csv`` and ``raw/items.csv`` (see the module docstring).
+
+    ``interactions`` / ``items`` rename the files; ``min_user`` / ``min_item`` are k-core
+    thresholds (interactions per user / per item, both behaviours counted). ``seed`` is
+    accepted for symmetry with the other adapters (nothing here is random).
+    """
+    del seed
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DataError(f"expected a folder with {interactions} and {items}", file=str(raw))
+    min_user = _check_count("min_user", min_user)
+    min_item = _check_count("min_item", min_item)
+    inter_path, items_path = raw / str(interactions), raw / str(items)
+    report = Report(source="csv")
+    report.settings.update({"interactions": inter_path.name, "items": items_path.name,
+                            "min_user": min_user, "min_item": min_item})
+    item_table = _read_items(items_path, report)
+    inter = _read_interactions(inter_path, item_table, items_path, report)
+    inter = kcore_filter(inter, min_user, min_item, report)
+    if inter.height == 0:
+        raise DataError(f"no interactions left after the {min_user}/{min_item}-core filter",
+                        file=str(inter_path))
+    return RawLog(interactions=inter, items=item_table, name=raw.resolve().name,
+                  source_file=str(inter_path), items_file=str(items_path)), report
