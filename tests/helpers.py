@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; GENSR_SHARED_DATA points elsewhere (e.g. a worktree)
+SHARED = Path(os.environ.get("GENSR_SHARED_DATA",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def shared_path(name: str) -> Path:

@@ -46,3 +46,10 @@ def test_prepare_and_stats(tmp_path):
     assert res.returncode == 0 and "test instances" in res.stdout
     res = _gensr("evaluate", "--model", "pop", "--data", str(out))
     assert res.returncode == 0 and "R@5" in res.stdout
+
+
+def test_unknown_adapter_option_is_named(tmp_path):
+    res = _gensr("data", "prepare", "synthetic", "--out", str(tmp_path / "x"), "--option",
+                 "n_userz=3")
+    assert res.returncode == 2
+    assert "unknown --option n_userz" in res.stdout and "n_users" in res.stdout

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,30 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def adapter_options(source: str) -> list[str]:
+    """The ``--option`` names the ``source`` adapter accepts."""
+    if source == "synthetic":
+        from gensr.data.synthetic import SyntheticConfig
+
+        return [f.name for f in fields(SyntheticConfig)]
+    module, func = {
+        "amazon-atomic": ("gensr.data.adapters.atomic", "read_atomic"),
+        "amazon": ("gensr.data.adapters.amazon", "read_amazon"),
+        "kuaisar": ("gensr.data.adapters.kuaisar", "read_kuaisar"),
+        "csv": ("gensr.data.adapters.csv", "read_csv_logs"),
+    }[source]
+    params = inspect.signature(getattr(import_module(module), func)).parameters
+    return [name for name, p in params.items() if p.kind == p.KEYWORD_ONLY]
+
+
+def _check_options(source: str, options: dict[str, Any]) -> None:
+    valid = adapter_options(source)
+    unknown = sorted(set(options) - set(valid) - {"seed"})
+    if unknown:
+        raise DataError(f"unknown --option {', '.join(unknown)} for source {source!r}; "
+                        f"valid: {', '.join(valid)}")
+
+
 def prepare(
     source: str,
     raw: str | Path | None,
@@ -86,6 +112,7 @@ def prepare(
     options = dict(options or {})
     if source != "synthetic":
         options.setdefault("seed", seed)
+    _check_options(source, options)
     log, report = spec.read(raw_path, **options)
     path = write_canonical(log, out, report, split=split or spec.split, seed=seed,
                            n_negatives=n_negatives, overwrite=overwrite)
