@@ -25,7 +25,7 @@ from torch import nn
 from gensr.config import update_config
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
-from gensr.errors import RunError
+from gensr.errors import DataError, RunError
 
 
 @dataclass
@@ -56,6 +56,8 @@ class SRModel(nn.Module):
         self.config = config
         self.n_items = data.n_items
         self.data_fingerprint = data.fingerprint
+        # query text -> id: the data's queries, plus any that add_queries registers later
+        self.known_queries: dict[str, int] = dict(data.query_index)
 
     # --- the interface -------------------------------------------------------------------
     def loss(self, batch: Batch) -> ModelOutput:
@@ -66,6 +68,21 @@ class SRModel(nn.Module):
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} cannot score every item (no full ranking)")
+
+    def add_queries(self, texts: list[str]) -> list[int]:
+        """Query ids of ``texts``, for batches built outside the data (serving).
+
+        The default knows only the data's queries and raises for any other text. Models that
+        read query text override it to register unseen texts first (new ids after the data's),
+        then call this to look the ids up.
+        """
+        unknown = [t for t in dict.fromkeys(texts) if t not in self.known_queries]
+        if unknown:
+            shown = ", ".join(repr(t) for t in unknown[:3])
+            raise DataError(f"{self.name} cannot read query texts outside its data; unknown "
+                            f"{'query' if len(unknown) == 1 else 'queries'}: {shown}"
+                            f"{' …' if len(unknown) > 3 else ''}")
+        return [self.known_queries[t] for t in texts]
 
     @property
     def supports_full_ranking(self) -> bool:

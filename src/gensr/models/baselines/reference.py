@@ -113,6 +113,14 @@ class BM25Scorer(SRModel):
             self.index[t] = (items, idf * tf_arr * (config.k1 + 1) / (tf_arr + norm))
         self.query_terms = [analyze(q) for q in data.query_text]
 
+    def add_queries(self, texts: list[str]) -> list[int]:
+        """Analyse query texts the data does not hold and append them to ``query_terms``."""
+        for text in dict.fromkeys(texts):
+            if text not in self.known_queries:
+                self.known_queries[text] = len(self.query_terms)
+                self.query_terms.append(analyze(text))
+        return super().add_queries(texts)
+
     def score(self, batch: Batch) -> torch.Tensor:
         cands = batch.candidates.cpu().numpy()
         out = np.zeros(cands.shape, dtype=np.float64)

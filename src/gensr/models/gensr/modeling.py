@@ -137,6 +137,17 @@ class GenSR(SRModel):
             table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return table
 
+    def add_queries(self, texts: list[str]) -> list[int]:
+        """Tokenise query texts the data does not hold and append them to ``query_tokens``."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.known_queries]
+        if new:
+            cfg: GenSRConfig = self.config  # type: ignore[assignment]
+            table = self._token_table(self.backbone.tokenizer, ["", *new], cfg.max_query_tokens)
+            for text, row in zip(new, table[1:]):
+                self.known_queries[text] = len(self.query_tokens)
+                self.query_tokens.append(row[row != self.backbone.pad_id])
+        return super().add_queries(texts)
+
     # --- the candidate-independent part ----------------------------------------------------
     def encode_history(self, batch: Batch) -> HistoryEncoding:
         """CF view (Eq. 3) and semantic view (Eq. 4) of each instance's history, + prompt ids."""
