@@ -125,6 +125,93 @@ def evaluate_cmd(
                  device=device, console=console)
 
 
+# --- serving -------------------------------------------------------------------------
+@app.command("rank")
+def rank_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (GenSR or any baseline)."),
+    history: str | None = typer.Option(
+        None, help='Past interactions, oldest first: "ITEM[:rec|src[:QUERY]],..." '
+                   '(e.g. "B001,B002:src:usb cable") or @FILE.'),
+    candidates: str | None = typer.Option(
+        None, help='Item ids to rank: "B003,B004,..." or @FILE.'),
+    query: str | None = typer.Option(None, help="Search query (leave out to recommend)."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Show only the best k."),
+    request: str | None = typer.Option(
+        None, help="Or a JSON request file (the body of POST /v1/rank; - for stdin)."),
+    data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Rank candidates for one user history (original item ids) and print the ranking."""
+    import json
+
+    from gensr.errors import ConfigError
+    from gensr.serve.parsing import load_request, parse_candidates, parse_history
+    from gensr.serve.ranker import Ranker
+
+    if request is not None:
+        if history or candidates or query or top_k:
+            raise ConfigError("give either --request FILE or --history/--candidates/--query")
+        req = load_request(request)
+        hist, cands, query, top_k = req.history, req.candidates, req.query, req.top_k
+    else:
+        if not candidates:
+            raise ConfigError("--candidates is required (or --request FILE)")
+        hist, cands = parse_history(history), parse_candidates(candidates)
+    ranker = Ranker.from_run(run_dir, data=data, device=device)
+    ranking = ranker.rank(hist, cands, query=query, top_k=top_k)
+    if as_json:
+        print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
+        return
+    what = f"search {query!r}" if ranking.task == "src" else "recommendation"
+    table = Table(title=f"{ranker.model_name} {what}: {len(ranking)} of "
+                        f"{ranking.n_candidates} candidates")
+    scores = [f"{s.score:.6g}" for s in ranking]
+    widths = [len(str(len(ranking))), max(len(s.item) for s in ranking),
+              max(len(s) for s in scores)]
+    table.add_column("#", justify="right", no_wrap=True, min_width=widths[0])
+    table.add_column("item", no_wrap=True, min_width=widths[1])
+    table.add_column("score", justify="right", no_wrap=True, min_width=widths[2])
+    room = max(12, console.width - sum(widths) - 13)  # what the borders leave for the text
+    table.add_column("text", no_wrap=True)
+    texts = ranker.data.item_text
+    for i, (scored, score) in enumerate(zip(ranking, scores), start=1):
+        text = texts[ranker.item_index[scored.item]]
+        text = text if len(text) <= room else text[: room - 1] + "…"
+        table.add_row(str(i), scored.item, score, text)
+    console.print(table)
+
+
+@app.command("serve")
+def serve_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (GenSR or any baseline)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (default: loopback)."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, envvar="GENSR_API_KEY", show_envvar=True,
+        help="Require this key in the X-API-Key header (needed beyond loopback)."),
+    insecure: bool = typer.Option(False, help="Allow a non-loopback --host without a key."),
+    data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    max_candidates: int = typer.Option(1000, min=1, help="Most candidates per request."),
+    max_query_chars: int = typer.Option(512, min=1, help="Longest query text."),
+    max_batch: int = typer.Option(32, min=1, help="Most requests scored together."),
+    window_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for company."),
+    max_queue: int = typer.Option(256, min=1, help="Waiting requests before 503."),
+    max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest body (else 413)."),
+    log_level: str = typer.Option("info", help="uvicorn log level (debug logs requests)."),
+) -> None:
+    """Serve a run over HTTP: POST /v1/rank, GET /v1/model, GET /healthz (see docs)."""
+    from gensr.serve.ranker import Limits
+    from gensr.serve.server import serve
+
+    serve(run_dir, host=host, port=port, api_key=api_key, insecure=insecure, data=data,
+          device=device, limits=Limits(max_candidates=max_candidates,
+                                       max_query_chars=max_query_chars),
+          max_batch=max_batch, window_ms=window_ms, max_queue=max_queue,
+          max_body_bytes=max_body_bytes, log_level=log_level)
+
+
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Where to write data and results."),

@@ -1,0 +1,366 @@
+"""The HTTP service (FastAPI): ``POST /v1/rank``, ``GET /v1/model``, ``GET /healthz``.
+
+Importing this module needs the ``[serve]`` extra (fastapi); the rest of gensr does not.
+:func:`create_app` wraps a :class:`~gensr.serve.ranker.Ranker`: requests are validated (schema
+first, then the catalogue: unknown ids, task, limits), queued in a bounded queue and scored in
+micro-batches (:class:`~gensr.serve.batcher.MicroBatcher`). Every error answers with the same
+JSON body, ``{"error": code, "message": text, "details": [{"field", "message"}]}``.
+"""
+
+
+import hmac
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from gensr.serve.batcher import MicroBatcher
+from gensr.serve.errors import RequestError
+from gensr.serve.ranker import Ranker, RankRequest
+
+try:
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from fastapi.security import APIKeyHeader
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as err:  # pragma: no cover - depends on the environment
+    from gensr.serve.errors import ServeDependencyError
+
+    raise ServeDependencyError(
+        f"the HTTP service needs the [serve] extra ({err.name} is missing): "
+        "pip install 'gensr[serve]'") from err
+
+log = logging.getLogger("gensr.serve")
+API_KEY_HEADER = "X-API-Key"
+JSON_TYPES = ("application/json",)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service batches, bounds and guards requests."""
+
+    api_key: str | None = None
+    max_batch: int = 32  # requests scored together
+    window_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_queue: int = 256  # requests waiting beyond the one batch being scored; then 503
+    max_body_bytes: int = 1 << 20  # 413 beyond
+
+
+# --- schemas -------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    field: str | None = Field(None, description="The request field at fault, if one is.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer of the service."""
+
+    error: str = Field(description="A short code: invalid_json, invalid_request, "
+                       "unknown_item, task_not_served, unauthorized, payload_too_large, "
+                       "unsupported_media_type, overloaded, not_found, "
+                       "method_not_allowed, internal_error.")
+    message: str = Field(description="What was wrong, in one line.")
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ScoredItemOut(BaseModel):
+    item: str = Field(description="Original item id.")
+    score: float = Field(description="The model's score: higher ranks first.")
+
+
+class RankResponse(BaseModel):
+    model: str
+    task: Literal["rec", "src"]
+    n_candidates: int
+    ranking: list[ScoredItemOut] = Field(description="Candidates best first (top_k of them "
+                                         "if given); ties keep the request's order.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    queued: int
+    requests: int
+    batches: int
+    refused: int
+
+
+def _request_model(ranker: Ranker) -> type[BaseModel]:
+    """The request body schema, with this service's limits and catalogue examples."""
+    lim = ranker.limits
+    strict = ConfigDict(extra="forbid", strict=True)
+
+    class HistoryEntry(BaseModel):
+        """One past interaction, oldest first in the list."""
+
+        model_config = strict
+        item: str = Field(max_length=256, description="Original item id (orig_id).")
+        behaviour: Literal["rec", "src"] = Field(
+            "rec", description="rec = recommended/consumed, src = clicked from a search.")
+        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
+                                  description="The search query (src interactions only).")
+
+    items = ranker.example_items(5)
+    queries = ranker.data.query_text[1:2]
+    example: dict[str, Any] = {
+        "history": [{"item": items[0], "behaviour": "rec"}]
+        + ([{"item": items[1], "behaviour": "src", "query": queries[0]}] if queries else []),
+        "candidates": items[2:5] or items[:1],
+        "top_k": 2,
+    }
+    if "src" in ranker.tasks and queries:
+        example["query"] = queries[0]
+    elif "rec" not in ranker.tasks:  # pragma: no cover - a search model without queries
+        example["query"] = "example query"
+
+    class RankBody(BaseModel):
+        """A ranking request: search when ``query`` is given, else recommendation."""
+
+        model_config = ConfigDict(extra="forbid", strict=True,
+                                  json_schema_extra={"examples": [example]})
+        history: list[HistoryEntry] = Field(
+            default_factory=list, max_length=lim.max_history,
+            description=f"The user's interactions, oldest first; the last "
+                        f"{ranker.max_his_len} are used.")
+        candidates: list[str] = Field(
+            min_length=1, max_length=lim.max_candidates,
+            json_schema_extra={"uniqueItems": True},
+            description="Original item ids to rank, each once.")
+        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
+                                  description="Search query text; leave out to recommend.")
+        top_k: int | None = Field(None, ge=1, description="Return only the best k.")
+
+    return RankBody
+
+
+# --- the app -------------------------------------------------------------------------------
+def _error(status: int, code: str, message: str, details: list[dict] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": code, "message": message, "details": details or []}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type"}
+
+
+def _field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _message(error: dict[str, Any], where: str) -> str:
+    """A clearer wording of pydantic's messages for the cases users meet most."""
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    if where == "body" and kind == "missing":
+        return "the request body is missing: send a JSON object"
+    if where == "body" and kind in ("model_attributes_type", "model_type", "dict_type"):
+        return "the request body must be a JSON object"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required"
+    if where == "candidates" and kind == "too_short":
+        return "empty: give at least one item to rank"
+    if where == "candidates" and kind == "too_long":
+        return f"too many candidates (at most {ctx.get('max_length')})"
+    if kind == "string_too_long":
+        return f"too long (at most {ctx.get('max_length')} characters)"
+    return str(error.get("msg", "invalid"))
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        e = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (e.get("ctx") or {}).get("error", "not JSON")
+        return _error(400, "invalid_json", f"the request body is not valid JSON ({reason})")
+    details = []
+    for e in errors:
+        where = _field(e.get("loc", ()))
+        details.append({"field": where, "message": _message(e, where)})
+    first = details[0]
+    more = f" (+{len(details) - 1} more)" if len(details) > 1 else ""
+    text = first["message"] if first["field"] == "body" else (
+        f"{first['field']}: {first['message']}")
+    return _error(422, "invalid_request", text + more, details)
+
+
+class BodyGuard:
+    """ASGI middleware: JSON content type on POST (415) and a body size cap (413), checked
+    before anything is parsed; the body is read at most to the cap and then replayed."""
+
+    def __init__(self, app: Callable, max_bytes: int, paths: tuple[str, ...] = ("/v1/rank",)
+                 ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.paths = paths
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or scope.get("path") not in self.paths):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+            shown = ctype or "none"
+            await _error(415, "unsupported_media_type",
+                         f"Content-Type must be application/json (got {shown}); with curl "
+                         "add -H 'Content-Type: application/json'")(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await _error(413, "payload_too_large",
+                     f"the request body exceeds {self.max_bytes} bytes")(scope, receive, send)
+
+
+def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``ranker`` (start it with uvicorn, or :func:`serve`)."""
+    settings = settings or ServeSettings()
+    batcher = MicroBatcher(ranker.rank_prepared, max_batch=settings.max_batch,
+                           window_ms=settings.window_ms, max_queue=settings.max_queue)
+    RankBody = _request_model(ranker)  # noqa: N806 - a class
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        log.info("gensr: serving %s (%s) with micro-batches of <= %d", ranker.model_name,
+                 ranker.data.fingerprint, settings.max_batch)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="gensr ranking service",
+        version=_version(),
+        description=(f"Ranks candidate items with the {ranker.model_name} model for a "
+                     "user's history, for search (with a query) or recommendation. Item ids "
+                     "are the data's original ids."),
+        lifespan=lifespan,
+    )
+    app.state.ranker = ranker
+    app.state.batcher = batcher
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                          description="The service's API key (--api-key / GENSR_API_KEY).")
+
+    async def check_key(key: str | None = Depends(header)) -> None:
+        expected = settings.api_key
+        if expected and not (key and hmac.compare_digest(key.encode(), expected.encode())):
+            raise StarletteHTTPException(
+                401, "missing or wrong API key: send it in the X-API-Key header")
+
+    guard = [Depends(check_key)] if settings.api_key else []
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": text} for status, text in {
+            400: "The body is not valid JSON.",
+            401: "Missing or wrong API key (when the service has one).",
+            413: "The body is too large.",
+            415: "The body is not application/json.",
+            422: "The request breaks the schema, names unknown items, asks for a task the "
+                 "model does not serve, or exceeds a limit.",
+            503: "The service is at capacity (queue full) or stopping: retry later.",
+        }.items()}
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc)
+
+    @app.exception_handler(RequestError)
+    async def _on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        details = [{"field": exc.field, "message": exc.message}]
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return _error(exc.status, exc.code, exc.message, details, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers.setdefault("WWW-Authenticate", API_KEY_HEADER)
+        return _error(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(Exception)
+    async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("gensr: request failed")
+        return _error(500, "internal_error", "the model failed on this request (the "
+                      "server log has the details)")
+
+    @app.post("/v1/rank", response_model=RankResponse, dependencies=guard,
+              responses=errors, summary="Rank candidates for a user (search or rec)")
+    async def rank(body: RankBody) -> Any:  # type: ignore[valid-type]
+        request = RankRequest(
+            history=[(h.item, h.behaviour, h.query) for h in body.history],
+            candidates=body.candidates, query=body.query, top_k=body.top_k)
+        prepared = ranker.prepare(request)  # 422 here: nothing is queued
+        result = await batcher.submit(prepared)
+        if isinstance(result, Exception):  # pragma: no cover - the batcher raises these
+            raise result
+        return {"model": ranker.model_name, **result.to_dict()}
+
+    @app.get("/v1/model", dependencies=guard,
+             responses={401: errors[401]}, summary="The model card")
+    async def model_card() -> dict[str, Any]:
+        card = ranker.model_card()
+        card["serving"] = {k: v for k, v in asdict(settings).items() if k != "api_key"}
+        card["serving"]["api_key_required"] = bool(settings.api_key)
+        return card
+
+    @app.get("/healthz", response_model=HealthResponse,
+             responses={503: {"model": ErrorResponse, "description": "Stopping."}},
+             summary="Liveness: 200 while the service accepts requests")
+    async def healthz() -> Any:
+        if not batcher.running:
+            return _error(503, "overloaded", "the service is stopping")
+        s = batcher.stats
+        return {"status": "ok", "model": ranker.model_name, "queued": batcher.queued,
+                "requests": s.requests, "batches": s.batches, "refused": s.refused}
+
+    return app
+
+
+def _version() -> str:
+    from gensr import __version__
+
+    return __version__
+
