@@ -315,10 +315,14 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
+        message = str(exc.detail)
+        if exc.status_code == 400 and request.url.path in ("/v1/rank",):
+            # FastAPI's own 400: a body it could not decode (e.g. not UTF-8)
+            code, message = "invalid_json", f"the request body is not valid JSON ({message})"
         headers = dict(exc.headers or {})
         if exc.status_code == 401:
             headers.setdefault("WWW-Authenticate", API_KEY_HEADER)
-        return _error(exc.status_code, code, str(exc.detail), headers=headers or None)
+        return _error(exc.status_code, code, message, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _on_crash(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gensr.errors import ConfigError
@@ -90,4 +94,26 @@ def serve(
         limit_concurrency=max_queue + max_batch + 64,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    with _signals_end_cleanly():
+        server.run()
+
+
+@contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises the signal to the
+    handler it found; a no-op handler there makes a graceful stop a normal exit (code 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _stopped) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(sig: int, frame: object) -> None:
+    """A signal that arrives after uvicorn's graceful shutdown: nothing left to do."""
