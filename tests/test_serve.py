@@ -13,7 +13,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from gensr.cli import app as cli_app
@@ -32,7 +31,7 @@ from gensr.serve import (
 from gensr.serve.batcher import MicroBatcher
 from gensr.serve.parsing import load_request, parse_candidates, parse_history
 from gensr.serve.server import check_bind, is_loopback, require_serve_extra
-from test_serve_support import TINY_GENSR, eval_requests_and_scores, tiny_runs
+from test_serve_support import eval_requests_and_scores, tiny_runs
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +68,10 @@ def test_add_queries_default_knows_only_the_data(tiny_data):
         pop.add_queries([known[0], "usb cable"])
 
 
-def test_add_queries_gensr_tokenises_new_texts_once(tiny_data):
-    from gensr.models.gensr import GenSR, GenSRConfig
-
-    torch.manual_seed(0)
-    model = GenSR(GenSRConfig(**TINY_GENSR), tiny_data)
+def test_add_queries_gensr_tokenises_new_texts_once(gensr_ranker, tiny_data):
+    model = gensr_ranker.model
     n = len(model.query_tokens)
-    assert n == tiny_data.n_queries + 1
+    assert n == len(model.known_queries) + 1 >= tiny_data.n_queries + 1
     ids = model.add_queries(["kitchen knife set", tiny_data.query_text[1], "kitchen knife set"])
     assert ids == [n, 1, n] and len(model.query_tokens) == n + 1
     tok = model.backbone.tokenizer
@@ -203,7 +199,7 @@ def test_limits_and_task_not_served(runs, tiny_data, items):
         ranker.rank([], items[:6], query="x")
     ranker.rank([], items[:3], query="new one")
     ranker.rank([], items[:3], query="new two")
-    ranker.rank([], items[:3], query="new one")  # already registered: free
+    ranker.rank([(items[0], "src", "new four")], items[:3], query="new one")  # nothing new
     with pytest.raises(OverloadedError, match="max_new_queries = 2"):
         ranker.rank([], items[:3], query="new three")
 
@@ -211,6 +207,18 @@ def test_limits_and_task_not_served(runs, tiny_data, items):
 def test_unseen_query_needs_a_model_that_reads_text(pop_ranker, items):
     with pytest.raises(RequestError, match="pop cannot read query texts"):
         pop_ranker.rank([], items[:3], query="never seen")
+
+
+def test_history_queries_are_looked_up_not_registered(gensr_ranker, pop_ranker, items,
+                                                      tiny_data):
+    known = tiny_data.query_text[2]
+    history = [(items[0], "src", "typed once, long ago"), (items[1], "src", known)]
+    prepared = pop_ranker.prepare(RankRequest(history, items[2:5]))
+    assert pop_ranker._resolve_queries(prepared).hist_query == [0, 2]
+    assert pop_ranker.rank(history, items[2:5]).n_candidates == 3  # no error for pop
+    n = len(gensr_ranker.model.query_tokens)
+    gensr_ranker.rank(history, items[2:5], query=known)
+    assert len(gensr_ranker.model.query_tokens) == n
 
 
 def test_rank_many_isolates_failures(pop_ranker, items):
@@ -272,13 +280,17 @@ def test_gensr_rank_command(runs, items, tmp_path):
     assert isinstance(res.exception, TaskNotServedError)
 
 
-def test_rank_command_error_is_one_line(runs):
-    res = subprocess.run([sys.executable, "-c", "from gensr.cli import main; main()", "rank",
-                          str(runs["pop"]), "--candidates", "NOPE-1,NOPE-2"],
-                         capture_output=True, text=True)
+def test_rank_command_error_is_one_line_and_needs_no_fastapi(runs):
+    # at exit, say whether the [serve] extra was imported: gensr rank must not need it
+    code = ("import atexit, sys; atexit.register(lambda: print('serve extra imported:', "
+            "any(m in sys.modules for m in ('fastapi', 'uvicorn')))); "
+            "from gensr.cli import main; main()")
+    res = subprocess.run([sys.executable, "-c", code, "rank", str(runs["pop"]),
+                          "--candidates", "NOPE-1,NOPE-2"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "unknown item ids in candidates: 'NOPE-1', 'NOPE-2'" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr
+    assert "serve extra imported: False" in res.stdout
 
 
 # --- binding, API key, the [serve] extra ------------------------------------------------------
@@ -317,12 +329,6 @@ def test_missing_serve_extra_is_named(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(Exception, match=r"\[serve\] extra \(uvicorn not installed\)"):
         require_serve_extra()
-
-
-def test_core_package_does_not_import_fastapi():
-    code = ("import sys, gensr.serve, gensr.cli; "
-            "assert 'fastapi' not in sys.modules and 'uvicorn' not in sys.modules")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # --- micro-batcher ------------------------------------------------------------------------

@@ -72,13 +72,13 @@ def _check_against_eval(responses, bodies, expected, exact: bool) -> None:
 
 def test_gensr_rankings_equal_evaluate_scores(servers, runs, tiny_data, tmp_path):
     model, data = load_run(runs["gensr"], tiny_data, device="cpu")
-    bodies, expected = eval_requests_and_scores(model, data, tmp_path, max_instances=30)
+    bodies, expected = eval_requests_and_scores(model, data, tmp_path, max_instances=24)
     assert any("query" in b for b in bodies) and any("query" not in b for b in bodies)
     assert max(len(b["history"]) for b in bodies) > model.config.max_his_len  # truncation
     responses = _post_all(servers["gensr"].url, bodies)
     _check_against_eval(responses, bodies, expected, exact=False)
     health = httpx.get(servers["gensr"].url + "/healthz").json()
-    assert health["requests"] >= 30 and health["batches"] < health["requests"]  # batched
+    assert health["requests"] >= 24 and health["batches"] < health["requests"]  # batched
 
 
 def test_pop_rankings_equal_evaluate_scores_exactly(servers, runs, tiny_data, tmp_path):

@@ -375,24 +375,26 @@ class Ranker:
         return results  # type: ignore[return-value]
 
     def _resolve_queries(self, p: PreparedRequest) -> _Resolved:
-        """Query ids of the request's texts, registering unseen ones with the model."""
-        texts = [t for t in (p.query, *p.hist_query) if t is not None]
-        if not texts:
-            return _Resolved(p, 0, [0] * len(p.hist_query))
+        """Query ids: the request's query is registered with the model when unseen (models
+        that read query text); history queries are looked up only, an unseen one is 0 (no
+        query id) — no model reads history query text, and registering every text users
+        ever typed would grow the model's tables for nothing."""
         known = self.model.known_queries
-        new = [t for t in dict.fromkeys(texts) if t not in known]
-        added = len(known) - self._initial_queries
-        if new and added + len(new) > self.limits.max_new_queries:
-            raise OverloadedError(
-                f"the model already holds {added} unseen query texts (the limit, "
-                f"max_new_queries = {self.limits.max_new_queries}); restart the service to "
-                "free them", field="query")
+        hist = [known.get(t, 0) if t is not None else 0 for t in p.hist_query]
+        if p.query is None:
+            return _Resolved(p, 0, hist)
+        if p.query not in known:
+            added = len(known) - self._initial_queries
+            if added >= self.limits.max_new_queries:
+                raise OverloadedError(
+                    f"the model already holds {added} unseen query texts (the limit, "
+                    f"max_new_queries = {self.limits.max_new_queries}); restart the service "
+                    "to free them", field="query")
         try:
-            ids = iter(self.model.add_queries(texts))
+            (query,) = self.model.add_queries([p.query])
         except GensrError as err:
             raise RequestError(str(err), field="query") from err
-        query = next(ids) if p.query is not None else 0
-        return _Resolved(p, query, [next(ids) if t is not None else 0 for t in p.hist_query])
+        return _Resolved(p, query, hist)
 
     def build_batch(self, resolved: Sequence[_Resolved]) -> Batch:
         """One Batch for requests with the same number of candidates."""
