@@ -59,8 +59,9 @@ def make_run(out: Path) -> Path:
     return run
 
 
-def build_requests(run: Path, n: int, seed: int) -> tuple[list[dict], dict]:
-    """Request bodies from the run's test instances (seeded sample), and a model summary."""
+def build_requests(run: Path, n: int, seed: int) -> tuple[list[dict], dict, object]:
+    """Request bodies from the run's test instances (seeded sample), a model summary and
+    the loaded (model, data) for the in-process reference."""
     from gensr.data.batching import eval_instances
     from gensr.runs import load_run
 
@@ -89,7 +90,33 @@ def build_requests(run: Path, n: int, seed: int) -> tuple[list[dict], dict]:
                "backbone": getattr(model.config, "backbone", None),
                "candidates_per_request": int(table.candidates.shape[1]),
                "search_share": float(np.mean(table.task == 1))}
-    return bodies, summary
+    return bodies, summary, (model, data)
+
+
+def in_process(loaded, bodies: list[dict], n_requests: int, max_seconds: float) -> dict:
+    """The same requests through ``Ranker.rank`` one at a time, no HTTP: the model's share."""
+    from gensr.serve import Ranker
+
+    ranker = Ranker(*loaded)
+    for body in bodies[:5]:
+        ranker.rank_many([body])  # warm up
+    latencies = []
+    stop_at = time.perf_counter() + max_seconds
+    start = time.perf_counter()
+    for i in range(n_requests):
+        if time.perf_counter() > stop_at:
+            break
+        t0 = time.perf_counter()
+        ranker.rank_many([bodies[i % len(bodies)]])
+        latencies.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"concurrency": "in-process", "requests": len(latencies), "errors": 0,
+            "error_kinds": {}, "seconds": round(wall, 2),
+            "requests_per_s": round(len(latencies) / wall, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p90_ms": round(float(np.percentile(lat, 90)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_batch": 1.0}
 
 
 def free_port() -> int:
@@ -103,7 +130,8 @@ def start_server(run: Path, args: argparse.Namespace, log: Path) -> tuple[subpro
     cmd = [sys.executable, "-c", "from gensr.cli import main; main()", "serve", str(run),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
            "--max-batch", str(args.max_batch), "--window-ms", str(args.window_ms),
-           "--max-queue", str(args.max_queue), "--log-level", "warning"]
+           "--max-queue", str(args.max_queue), "--log-level", "warning",
+           *(["--threads", str(args.threads)] if args.threads else [])]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -191,6 +219,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--window-ms", type=float, default=2.0)
     ap.add_argument("--max-queue", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the server (and of the in-process row).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     ap.add_argument("--note", default="", help="Free text stored with the results.")
@@ -198,7 +228,7 @@ def main() -> None:
     if (args.run is None) == (args.make_run is None):
         ap.error("give --run RUN_DIR or --make-run DIR")
     run = args.run if args.run is not None else make_run(args.make_run)
-    bodies, summary = build_requests(run, args.instances, args.seed)
+    bodies, summary, loaded = build_requests(run, args.instances, args.seed)
     levels = [int(x) for x in args.concurrency.split(",")]
     cpu_before = cpu_snapshot()
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,15 +242,20 @@ def main() -> None:
             proc.send_signal(signal.SIGINT)
             code = proc.wait(30)
         server_log = log.read_text()
-    cpu_after = cpu_snapshot()
+    # the model alone, after the server stopped (so the two never compete for the CPU)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows.append(in_process(loaded, bodies, min(args.requests, 100), args.max_seconds))
+    cpu_after = cpu_snapshot()
 
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run), "model": summary, "rows": rows,
         "settings": {k: getattr(args, k) for k in ("requests", "max_seconds", "warmup",
                                                    "instances", "max_batch", "window_ms",
-                                                   "max_queue", "seed")},
+                                                   "max_queue", "threads", "seed")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "device": "cpu",
@@ -254,7 +289,8 @@ def print_table(result: dict) -> None:
                         f"{m['candidates_per_request']} candidates/request, "
                         f"{result['machine']['cpus']} CPUs")
     for h in HEAD:
-        table.add_column(h, justify="right")
+        table.add_column(h, justify="right", no_wrap=True, min_width=len(h) if h != "concurrency"
+                         else len("in-process"))
     for row in result["rows"]:
         table.add_row(*_cells(row))
     Console().print(table)
@@ -272,10 +308,15 @@ def markdown(result: dict) -> str:
         f"`{m['backbone']}`, max_his_len {m['max_his_len']}) on `{m['data']}` "
         f"({m['fingerprint']}); {m['candidates_per_request']} candidates per request, "
         f"{m['search_share']:.0%} search requests. Server and client on one machine: "
-        f"{mach['cpus']} CPUs, torch {mach['torch']} ({mach['torch_threads']} threads), "
-        f"{mach['device']}. Closed loop: `concurrency` clients keep one request each in "
-        f"flight; micro-batches of <= {result['settings']['max_batch']} requests, window "
-        f"{result['settings']['window_ms']} ms.",
+        f"{mach['cpus']} CPUs, torch {mach['torch']} on {mach['device']}, torch threads: "
+        f"{mach['torch_threads']}. Closed loop: `concurrency` clients keep one request each "
+        f"in flight; each level stops after {result['settings']['requests']} requests or "
+        f"{result['settings']['max_seconds']:g} s, whichever comes first (after "
+        f"{result['settings']['warmup']} warm-up requests); micro-batches of <= "
+        f"{result['settings']['max_batch']} requests, window "
+        f"{result['settings']['window_ms']} ms. `errors` counts any answer but 200 with the "
+        "full ranking. The `in-process` row is the same requests through `Ranker.rank` one at "
+        "a time without HTTP, after the server stopped (the model's own cost).",
         "",
         "| " + " | ".join(HEAD) + " |",
         "|" + "---:|" * len(HEAD),

@@ -31,7 +31,11 @@ from gensr.serve import (
 from gensr.serve.batcher import MicroBatcher
 from gensr.serve.parsing import load_request, parse_candidates, parse_history
 from gensr.serve.server import check_bind, is_loopback, require_serve_extra
-from test_serve_support import eval_requests_and_scores, tiny_runs
+from test_serve_support import (
+    eval_requests_and_scores,
+    one_torch_thread,  # noqa: F401 - an autouse fixture
+    tiny_runs,
+)
 
 
 @pytest.fixture(scope="module")

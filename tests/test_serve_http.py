@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 
 from gensr.runs import load_run
-from test_serve_support import LiveServer, eval_requests_and_scores, tiny_runs
+from test_serve_support import (
+    LiveServer,
+    eval_requests_and_scores,
+    one_torch_thread,  # noqa: F401 - an autouse fixture
+    tiny_runs,
+)
 
 MAX_CANDIDATES = 150
 MAX_QUERY_CHARS = 64
@@ -243,7 +248,7 @@ def test_schemathesis_finds_no_failure(servers, tmp_path):
            servers["gensr"].url + "/openapi.json", "--checks", "all", "--max-examples", "50",
            "--workers", "2", "--seed", "7", "--no-color", "--generation-database", "none",
            "--request-timeout", "20"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
     assert "No issues found" in res.stdout
     assert httpx.get(servers["gensr"].url + "/healthz").status_code == 200

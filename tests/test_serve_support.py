@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from gensr.data import load_data
@@ -26,6 +27,15 @@ from gensr.models.registry import model_class
 TINY_GENSR = dict(backbone="scratch-t5", scratch_d_model=32, scratch_heads=2, scratch_d_ff=64,
                   scratch_layers=1, scratch_decoder_layers=1, scratch_vocab_size=600,
                   max_his_len=8, item_text_tokens=4, use_cf_view=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is faster (no spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_run(model, data: SRData, run: Path) -> Path:
@@ -108,7 +118,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "-c", "from gensr.cli import main; main()", "serve", str(run),
-               "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", *args]
+               "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
+               "--threads", "1", *args]
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

@@ -199,6 +199,9 @@ def serve_cmd(
     window_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for company."),
     max_queue: int = typer.Option(256, min=1, help="Waiting requests before 503."),
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest body (else 413)."),
+    threads: int | None = typer.Option(
+        None, min=1, help="torch CPU threads (default: torch's; 1 is often best on a busy "
+                          "machine)."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug logs requests)."),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, GET /v1/model, GET /healthz (see docs)."""
@@ -209,7 +212,7 @@ def serve_cmd(
           device=device, limits=Limits(max_candidates=max_candidates,
                                        max_query_chars=max_query_chars),
           max_batch=max_batch, window_ms=window_ms, max_queue=max_queue,
-          max_body_bytes=max_body_bytes, log_level=log_level)
+          max_body_bytes=max_body_bytes, threads=threads, log_level=log_level)
 
 
 @app.command("quickstart")

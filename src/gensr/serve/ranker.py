@@ -222,7 +222,7 @@ class Ranker:
                                field="candidates")
         if len(candidates) > lim.max_candidates:
             raise RequestError(f"too many candidates: {len(candidates)} > {lim.max_candidates} "
-                               "(the service's --max-candidates)", field="candidates")
+                               "(the limit, max_candidates)", field="candidates")
         bad = [c for c in candidates if not isinstance(c, str)]
         if bad:
             raise RequestError(f"candidates must be item id strings, got {bad[0]!r}",

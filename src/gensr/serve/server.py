@@ -68,6 +68,7 @@ def serve(
     window_ms: float = 2.0,
     max_queue: int = 256,
     max_body_bytes: int = 1 << 20,
+    threads: int | None = None,
     log_level: str = "info",
     graceful_timeout: float = 10.0,
 ) -> None:
@@ -75,10 +76,15 @@ def serve(
 
     Shutdown is graceful: uvicorn stops accepting connections, requests in flight finish
     (for at most ``graceful_timeout`` seconds), then the batcher drains and stops.
+    ``threads`` sets torch's CPU threads for the process (default: torch's choice).
     """
     check_bind(host, api_key, insecure)
     require_serve_extra()
+    import torch
     import uvicorn
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     from gensr.serve.app import ServeSettings, create_app
 
