@@ -12,6 +12,7 @@ MODELS: dict[str, str] = {
     "random": "gensr.models.baselines.reference:RandomScorer",
     "pop": "gensr.models.baselines.reference:PopularityScorer",
     "bm25": "gensr.models.baselines.reference:BM25Scorer",
+    "sasrec": "gensr.models.baselines.sasrec:SASRec",
 }
 
 
