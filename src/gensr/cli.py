@@ -123,7 +123,9 @@ def train_cmd(
     start = time.time()
     run = train_run(out, model, data, config_path=config, sets=set_, cf_path=cf,
                     resume=resume, device=device, log=console.print)
-    if run.get("trained"):
+    from accelerate import PartialState
+
+    if run.get("trained") and PartialState().is_main_process:
         best = run["best_metric"]
         console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
                       f"{run['best_step']} of {run['steps']} ({run['status']}, "

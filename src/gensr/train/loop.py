@@ -168,6 +168,8 @@ def fit(
     accelerator = make_accelerator(config)
     rank, world, main = accelerator.process_index, accelerator.num_processes, \
         accelerator.is_main_process
+    if not main:
+        log = _silent  # one process reports
 
     # data: the training interactions of the tasks the model serves, in a per-epoch order
     sampler = TrainSampler(data, config.n_negatives, seed=config.seed)
@@ -335,6 +337,10 @@ def fit(
         writer.close()
     accelerator.wait_for_everyone()
     return state
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _device_name(device: torch.device) -> str:
