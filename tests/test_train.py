@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +140,12 @@ def test_settings_resolution(tmp_path):
         TrainConfig(batch_size=0)
 
 
+def test_example_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "configs" / "sasrec.yaml"
+    model_cfg, train_cfg = build_configs("sasrec", config_path=path)
+    assert model_cfg.max_his_len == 50 and train_cfg.metric == "rec/N@10"
+
+
 def test_fit_refuses_metric_of_unserved_task(tmp_path, tiny_data):
     from gensr.models.baselines.sasrec import SASRecConfig
 
@@ -220,3 +227,12 @@ def test_untrainable_model_writes_run_dir(tmp_path, tiny_data_dir):
     metrics = evaluate_run(run_dir=tmp_path / "pop", model=None, data=None, split="test")
     assert set(metrics) == {"rec", "src"}
     assert (tmp_path / "pop" / "metrics_test.json").exists()
+
+
+def test_train_help():
+    from typer.testing import CliRunner
+
+    from gensr.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--resume" in result.output and "--set" in result.output
