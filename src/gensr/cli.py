@@ -100,7 +100,39 @@ def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data direc
                       f"  ({len(cands['candidates'][0]) if cands.height else 0} candidates each)")
 
 
-# --- evaluation of the reference scorers (the model issue adds training) -----------------
+# --- training --------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    model: str | None = typer.Option(None, help="Model name (see gensr.models.registry), "
+                                        "e.g. sasrec."),
+    data: Path | None = typer.Option(None, help="Data directory (from `gensr data prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (new, or the "
+                                                      "one to --resume)."),
+    cf: Path | None = typer.Option(None, "--cf", help="CF item table: sets model.cf_path."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with 'model:' and "
+                                           "'train:' sections."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="key=value (repeatable): model.KEY, train.KEY or a bare KEY "
+                            "that only one of the two configs has; wins over --config."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT from OUT/last/."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+) -> None:
+    """Train a model; the best one (on validation) and run.json end in OUT."""
+    from gensr.train import train_run
+
+    start = time.time()
+    run = train_run(out, model, data, config_path=config, sets=set_, cf_path=cf,
+                    resume=resume, device=device, log=console.print)
+    from accelerate import PartialState
+
+    if run.get("trained") and PartialState().is_main_process:
+        best = run["best_metric"]
+        console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
+                      f"{run['best_step']} of {run['steps']} ({run['status']}, "
+                      f"{time.time() - start:.0f}s) -> {out}")
+
+
+# --- evaluation ------------------------------------------------------------------------
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path | None = typer.Argument(None, help="A run directory (from `gensr train`)."),

@@ -14,6 +14,7 @@ MODELS: dict[str, str] = {
     "bm25": "gensr.models.baselines.reference:BM25Scorer",
     "gensr": "gensr.models.gensr.modeling:GenSR",
     "lightgcn": "gensr.cf.scorer:LightGCNScorer",
+    "sasrec": "gensr.models.baselines.sasrec:SASRec",
 }
 
 
