@@ -226,3 +226,12 @@ def test_save_load_gives_identical_scores(tiny_data, tiny_cf_path, tmp_path):
     from gensr.cf import CFTable
 
     assert torch.equal(loaded.cf_view.cf_table, CFTable.load(tiny_cf_path, tiny_data).item)
+
+
+def test_analysis_hooks(tiny_data):
+    model = _model(tiny_data)
+    batch = _train_batch(tiny_data)
+    rep = model.representation(batch)
+    assert rep.shape == (*batch.candidates.shape, 32)
+    shared = model.shared_parameters()
+    assert shared and all("encoder.block.0" in name for name, _ in shared)

@@ -132,6 +132,23 @@ class Seq2SeqBackbone(nn.Module):
                          decoder_input_ids=start, use_cache=False)
         return out.logits[:, 0]
 
+    def encoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """The encoder's last hidden states (N, T, d) for prompt embeddings."""
+        encoder = self.model.get_encoder()
+        return encoder(inputs_embeds=inputs_embeds,
+                       attention_mask=attention_mask.long()).last_hidden_state
+
+    def first_self_attention(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters of the first self-attention module of the model (T5 ``SelfAttention``,
+        BERT ``attention.self``, Llama-style ``self_attn``)."""
+        for name, module in self.model.named_modules():
+            if name.endswith(("SelfAttention", "attention.self", "self_attn")):
+                params = [(f"{name}.{n}", p) for n, p in module.named_parameters()]
+                if params:
+                    return params
+        raise RunError("no self-attention block found in the backbone")
+
     @property
     def lm_head_tied(self) -> bool:
         """Whether the LM head shares storage with the input embeddings."""
