@@ -71,11 +71,10 @@ def train_and_evaluate(
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(f"{run_dir} holds a run with other settings or an unfinished one: "
                            "remove it or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(settings, indent=2))
         all_sets = list(sets) + ([] if progress else ["train.progress=false"])
         info = train_run(run_dir, model_name, data.path, config_path=config_path,
                          sets=all_sets, cf_path=cf_path, device=device, log=log)
+        marker.write_text(json.dumps(settings, indent=2))
     model, _ = load_run(run_dir, data, device)
     metrics = evaluate(model, data, split, max_instances=max_instances, progress=progress)
     (run_dir / f"metrics_analysis_{split}.json").write_text(json.dumps(metrics, indent=2))
