@@ -278,9 +278,11 @@ def plot_space(panels: list[dict[str, Any]], task: np.ndarray, path: Path) -> Pa
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(n), ["inputs" if p["method"] == "t-SNE" else p["label"]
                              for p in panels], rotation=20, fontsize=8)
-    ax.set_ylim(min(-0.1, min((p["silhouette"] or 0) for p in panels) - 0.05), 1.05)
+    sils = [p["silhouette"] for p in panels if p["silhouette"] is not None
+            and math.isfinite(p["silhouette"])]
+    ax.set_ylim(min([-0.1] + [v - 0.05 for v in sils]), 1.2)
     ax.set_title("Task separation (probe: chance 0.5;\noverlap: 1 = same distribution)",
                  fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=3, columnspacing=0.8)
     fig.tight_layout()
     return save_figure(fig, path)
