@@ -271,7 +271,7 @@ def test_space_refuses_a_model_without_both_tasks(runs_dir, tiny_cf_path, tmp_pa
 
 # --- grad-conflict --------------------------------------------------------------------------------
 def _standin_spec(lr: float = 5e-3) -> ConflictModel:
-    return ConflictModel("disc", lambda data: StandIn(StandInConfig(), data),
+    return ConflictModel("disc", lambda data, seed: StandIn(StandInConfig(), data),
                          TrainConfig(lr=lr, warmup_steps=2, weight_decay=1e-3, grad_clip=1.0))
 
 
@@ -299,8 +299,8 @@ def test_grad_conflict_steps_like_the_trainer(tiny_data, tmp_path):
     steps, bs = 3, 16
     spec, built = _standin_spec(), []
 
-    def build(data):
-        built.append(spec.build(data))
+    def build(data, seed):
+        built.append(spec.build(data, seed))
         return built[-1]
 
     run_grad_conflict(tiny_data, [ConflictModel("disc", build, spec.train)], tmp_path / "gc",

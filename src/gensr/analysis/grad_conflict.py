@@ -44,12 +44,13 @@ from gensr.train.run import build_configs, build_model
 
 @dataclass
 class ConflictModel:
-    """One model to train and measure: a label, how to build it, and its train settings
-    (lr, weight_decay, warmup_steps, grad_clip are the model's own; the data settings are
-    overridden by the analysis so that every model sees the same batches)."""
+    """One model to train and measure: a label, ``build(data, seed)`` returning the model
+    initialised from ``seed``, and its train settings (lr, weight_decay, warmup_steps,
+    grad_clip are the model's own; batch_size, n_negatives and seed are overridden by the
+    analysis so that every model sees the same batches)."""
 
     label: str
-    build: Callable[[SRData], SRModel]
+    build: Callable[[SRData, int], SRModel]
     train: TrainConfig
 
 
@@ -96,8 +97,8 @@ def models_from_specs(
             name, config_path=config, sets=applicable + own[label],
             cf_path=cf_path if takes_cf else None)
 
-        def build(data: SRData, name: str = name, model_config=model_config,
-                  seed: int = train_config.seed) -> SRModel:
+        def build(data: SRData, seed: int, name: str = name,
+                  model_config=model_config) -> SRModel:
             return build_model(name, model_config, data, seed)
 
         out.append(ConflictModel(label, build, train_config))
@@ -197,7 +198,7 @@ def run_grad_conflict(
     for spec in models:
         train = replace(spec.train, batch_size=batch_size, n_negatives=n_negatives, seed=seed)
         torch.manual_seed(seed)
-        model = spec.build(data).to(dev)
+        model = spec.build(data, seed).to(dev)
         missing = [t for t in TASK_INDEX if t not in model.tasks]
         if missing:
             raise ConfigError(f"{spec.label} ({model.name}) does not serve {missing}: "
