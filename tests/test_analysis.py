@@ -352,3 +352,27 @@ def test_grad_conflict_refuses_a_single_task_model(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="does not serve"):
         run_grad_conflict(tiny_data, models_from_specs(["sasrec"]), tmp_path, steps=1,
                           progress=False, log=lambda _: None)
+
+
+# --- the command line --------------------------------------------------------------------------
+def test_mi_and_space_commands(runs_dir, tiny_cf_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from gensr.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "analyze", "mi", str(runs_dir / "gensr"), f"rec-only={runs_dir / 'sasrec'}",
+        "--cf", str(tiny_cf_path), "--max-instances", "20", "--candidates", "4", "--steps",
+        "60", "--mine-seeds", "0", "--text-dim", "8", "--no-progress",
+        "--out", str(tmp_path / "mi")])
+    assert result.exit_code == 0, result.output
+    assert "Search" in result.output and "rec-only" in result.output
+    assert json.loads((tmp_path / "mi" / "mi.json").read_text())["runs"][1]["label"] == \
+        "rec-only"
+    result = runner.invoke(app, [
+        "analyze", "space", str(runs_dir / "gensr"), "--max-instances", "20",
+        "--perplexity", "5", "--text-dim", "8", "--no-progress", "--out",
+        str(tmp_path / "space")])  # the CF table comes from the GenSR run
+    assert result.exit_code == 0, result.output
+    assert "KDE overlap" in result.output and (tmp_path / "space" / "space.png").exists()
