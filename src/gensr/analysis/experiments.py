@@ -3,8 +3,10 @@ setting with the shared trainer (:func:`gensr.train.train_run`), evaluate each b
 the test split with the one protocol (:func:`gensr.eval.evaluate`), plot R@5 and N@5 per task.
 
 Every run lives in ``OUT/runs/<setting>/seed<k>/`` with an ``analysis_settings.json`` of what
-it was trained with; running the command again reuses a finished run with the same settings
-(so a sweep can be extended value by value), and refuses a folder trained otherwise.
+it was trained with and an ``analysis_metrics.json`` of its evaluation; running the command
+again reuses a finished run with the same settings (and its evaluation when split and
+``max_instances`` match), so a sweep can be extended value by value and a figure redrawn
+cheaply; a folder trained otherwise is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "no-contrastive": {"use_contrastive": False},
 }
 SETTINGS_FILE = "analysis_settings.json"
+METRICS_FILE = "analysis_metrics.json"  # the evaluation of a reused run is reused too
 FINISHED = ("finished", "early_stopped")
 TASK_TITLE = {"src": "Search", "rec": "Recommendation"}
 
@@ -64,9 +67,14 @@ def train_and_evaluate(
                 "sets": list(sets), "cf": str(Path(cf_path).resolve()) if cf_path else None}
     marker = run_dir / SETTINGS_FILE
     info = read_run_info(run_dir)
+    scores = run_dir / METRICS_FILE
+    evaluation = {"split": split, "max_instances": max_instances}
     if marker.exists() and json.loads(marker.read_text()) == settings \
             and info.get("status") in FINISHED:
         log(f"reusing {run_dir} (finished, same settings)")
+        saved = json.loads(scores.read_text()) if scores.exists() else {}
+        if saved.get("evaluation") == evaluation:
+            return saved["metrics"], info
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(f"{run_dir} holds a run with other settings or an unfinished one: "
@@ -77,7 +85,7 @@ def train_and_evaluate(
         marker.write_text(json.dumps(settings, indent=2))
     model, _ = load_run(run_dir, data, device)
     metrics = evaluate(model, data, split, max_instances=max_instances, progress=progress)
-    (run_dir / f"metrics_analysis_{split}.json").write_text(json.dumps(metrics, indent=2))
+    scores.write_text(json.dumps({"evaluation": evaluation, "metrics": metrics}, indent=2))
     return metrics, info
 
 
@@ -227,7 +235,8 @@ def _run_grid(data_dir: str | Path, out: str | Path, variants: dict[str, dict[st
             mine = [r for r in per_run if r["variant"] == variant and r["task"] == task]
             if not mine:
                 continue
-            row: dict[str, Any] = {"variant": variant, "task": task, "n_seeds": len(mine)}
+            row: dict[str, Any] = {"variant": variant, "task": task, "n_seeds": len(mine),
+                                   "n": mine[0]["n"]}
             for m in METRICS:
                 mean, std, _ = mean_std(r[m] for r in mine)
                 row[m], row[f"{m}_std"] = mean, std
@@ -258,9 +267,11 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: Path) -> Path:
             pts = sorted((r for r in rows if r["task"] == task), key=lambda r: r["value"])
             if not pts:
                 continue
+            several = any(p["n_seeds"] > 1 for p in pts)
             ax.errorbar([p["value"] for p in pts], [p[metric] for p in pts],
-                        yerr=[p[f"{metric}_std"] for p in pts], color=color, marker=marker,
-                        capsize=3, label=TASK_TITLE[task])
+                        yerr=[p[f"{metric}_std"] for p in pts] if several else None,
+                        color=color, marker=marker, capsize=3,
+                        label=f"{TASK_TITLE[task]} (n={pts[0]['n']})")
             for p in pts:
                 ax.annotate(f"{p[metric]:.3f}", (p["value"], p[metric]), fontsize=7,
                             textcoords="offset points", xytext=(0, 6), ha="center")
@@ -292,13 +303,17 @@ def plot_ablate(rows: list[dict[str, Any]], variants: Sequence[str], path: Path)
                 vals.append(row[metric] if row else math.nan)
                 errs.append(row[f"{metric}_std"] if row else 0.0)
             pos = np.arange(len(variants)) + (j - (len(PLOT_METRICS) - 1) / 2) * width
-            ax.bar(pos, vals, width * 0.95, yerr=errs, capsize=3, label=metric)
+            several = any(r["n_seeds"] > 1 for r in rows)
+            ax.bar(pos, vals, width * 0.95, yerr=errs if several else None, capsize=3,
+                   label=metric)
             for x, v in zip(pos, vals):
                 if math.isfinite(v):
                     ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(variants)), variants, rotation=20)
         ax.set_ylabel("test metric")
-        ax.set_title(TASK_TITLE[task])
+        n = next((r["n"] for r in rows if r["task"] == task), 0)
+        ax.set_title(f"{TASK_TITLE[task]} (test instances: {n}, seeds: "
+                     f"{max(r['n_seeds'] for r in rows)})")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
