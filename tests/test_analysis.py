@@ -30,7 +30,7 @@ from gensr.analysis import (
 )
 from gensr.analysis.common import rank_gauss, restrict_candidates, task_instances
 from gensr.analysis.grad_conflict import task_gradients
-from gensr.analysis.mine import dv_bound, gaussian_mi
+from gensr.analysis.mine import corrected_surrogate, dv_bound, gaussian_mi
 from gensr.analysis.space import separation
 from gensr.data.batching import TrainSampler
 from gensr.data.dataset import SRData
@@ -145,6 +145,16 @@ def test_mine_finds_nothing_between_independent_variables():
     x, y = rng.standard_normal((4000, 3)), rng.standard_normal(4000)
     result = mine(x, y, seed=1, config=MineConfig(steps=300, batch_size=256))
     assert abs(result.estimate) < 0.05
+
+
+def test_moving_average_corrects_the_gradient_of_the_log_term():
+    t_joint = torch.tensor([0.5, 1.0, -0.2], requires_grad=True)
+    t_marg = torch.tensor([0.1, -0.3, 0.7, 0.2], requires_grad=True)
+    moving_average = 2.0
+    corrected_surrogate(t_joint, t_marg, math.log(moving_average)).backward()
+    assert torch.allclose(t_joint.grad, torch.full((3,), 1 / 3))
+    # d/dT_i of -log E[e^T] would be -e^T_i / sum e^T; MINE uses the moving average instead
+    assert torch.allclose(t_marg.grad, -torch.exp(t_marg.detach()) / (4 * moving_average))
 
 
 def test_dv_bound_and_group_split():

@@ -97,6 +97,15 @@ def dv_bound(t_joint: torch.Tensor, t_marginal: torch.Tensor) -> torch.Tensor:
     return t_joint.mean() - _log_mean_exp(t_marginal.flatten())
 
 
+def corrected_surrogate(t_joint: torch.Tensor, t_marginal: torch.Tensor,
+                        log_moving_average: torch.Tensor | float) -> torch.Tensor:
+    """What MINE maximises each step: its gradient is E_batch[∇T]_joint − E_batch[∇e^T]_marg
+    / m, with m = exp(``log_moving_average``) (the moving average of E_batch[e^T]) held
+    constant — the bias-corrected gradient of the DV bound."""
+    log_m = torch.as_tensor(log_moving_average, dtype=t_marginal.dtype).detach()
+    return t_joint.mean() - torch.exp(_log_mean_exp(t_marginal.flatten()) - log_m)
+
+
 @torch.no_grad()
 def _evaluate(net: StatisticsNetwork, x: torch.Tensor, y: torch.Tensor, permutations: int,
               gen: torch.Generator, chunk: int = 65536) -> float:
@@ -193,8 +202,7 @@ def mine(
             log_ma = torch.logaddexp(log_ma + math.log(decay),
                                      log_et.detach() + math.log(config.ema_rate))
             log_ma_hat = log_ma - math.log(1.0 - decay ** step)  # zero-start correction
-        # surrogate whose gradient is E[∇T]_joint − E[∇e^T]_marg / EMA(E[e^T])
-        surrogate = t_joint.mean() - torch.exp(log_et - log_ma_hat)
+        surrogate = corrected_surrogate(t_joint, t_marg, log_ma_hat)
         optimizer.zero_grad(set_to_none=True)
         (-surrogate).backward()
         optimizer.step()
