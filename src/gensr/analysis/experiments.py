@@ -306,9 +306,10 @@ def plot_ablate(rows: list[dict[str, Any]], variants: Sequence[str], path: Path)
             several = any(r["n_seeds"] > 1 for r in rows)
             ax.bar(pos, vals, width * 0.95, yerr=errs if several else None, capsize=3,
                    label=metric)
-            for x, v in zip(pos, vals):
+            for x, v, e in zip(pos, vals, errs):
                 if math.isfinite(v):
-                    ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+                    top = v + (e if several and math.isfinite(e) else 0.0)
+                    ax.text(x, top, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(variants)), variants, rotation=20)
         ax.set_ylabel("test metric")
         n = next((r["n"] for r in rows if r["task"] == task), 0)
