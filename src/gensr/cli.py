@@ -373,8 +373,10 @@ def _print_grid(summary: dict, key: str, title: str) -> None:
     for col in (key, "task", "R@5", "N@5", "R@10", "N@10", "seeds"):
         table.add_column(col, justify="left" if col in (key, "task") else "right")
     for row in summary["results"]:
+        several = row["n_seeds"] > 1
         table.add_row(str(row[key]), row["task"],
-                      *[f"{row[m]:.4f}" for m in ("R@5", "N@5", "R@10", "N@10")],
+                      *[f"{row[m]:.4f}" + (f" ± {row[m + '_std']:.4f}" if several else "")
+                        for m in ("R@5", "N@5", "R@10", "N@10")],
                       str(row["n_seeds"]))
     console.print(table)
     _print_files(summary["files"])
