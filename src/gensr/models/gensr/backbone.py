@@ -4,8 +4,8 @@ GenSR needs three things from its backbone: the tokenizer, the input embedding t
 the semantic view and the prompt text), and the logits of the first decoder step given
 ``inputs_embeds`` (P("Yes") from one encoder pass and one decoder step, no ``generate``).
 
-``scratch-t5`` builds a small T5 from a config with a WordPiece tokenizer trained on the
-data's text with 🤗 ``tokenizers`` — **not pretrained**, for offline use, tests and the
+``scratch-t5`` builds a small T5 from a config with a WordPiece tokenizer whose vocabulary
+is built from the data's text — **not pretrained**, for offline use, tests and the
 quickstart. A run directory keeps the backbone's config and tokenizer, so a trained run
 reloads offline whatever the backbone was.
 """
@@ -13,6 +13,7 @@ reloads offline whatever the backbone was.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -25,26 +26,38 @@ SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, extra_words: list[str]):
-    """A lower-casing WordPiece tokenizer trained on ``texts`` (deterministic for a corpus)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A lower-casing WordPiece tokenizer whose vocabulary is built from ``texts``.
+
+    Deterministic by construction (🤗 ``tokenizers``' trainers break ties in hash order, so
+    two processes can learn different vocabularies from the same corpus, which would break
+    resuming a run): the special tokens, every character seen (alone and as a ``##``
+    continuation), ``extra_words``, then whole words by descending frequency (ties in
+    alphabetical order) up to ``vocab_size``. Rarer words are spelled out in characters.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIALS["unk_token"]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        counts.update(w for w, _ in words)
+    chars = sorted({c for w in counts for c in w})
+    vocab: dict[str, int] = {}
+    for token in [SPECIALS["pad_token"], SPECIALS["eos_token"], SPECIALS["unk_token"], *chars,
+                  *(f"##{c}" for c in chars), *extra_words]:
+        vocab.setdefault(token, len(vocab))
+    for word, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=SPECIALS["unk_token"],
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[SPECIALS["pad_token"], SPECIALS["eos_token"], SPECIALS["unk_token"]],
-        min_frequency=1,
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
-    missing = [w for w in extra_words if w not in wrapped.get_vocab()]
-    if missing:
-        wrapped.add_tokens(missing)
-    return wrapped
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
 
 
 def _untie_lm_head(model: nn.Module) -> None:
