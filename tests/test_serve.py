@@ -65,7 +65,12 @@ def _reference(name, data):
 
 # --- add_queries ------------------------------------------------------------------------
 def test_add_queries_default_knows_only_the_data(tiny_data):
-    pop = _reference("pop", tiny_data)
+    from gensr.models.baselines.reference import PopularityConfig, PopularityScorer
+
+    class QueryReadingPop(PopularityScorer):  # a model that reads queries, default hook
+        reads_query_text = True
+
+    pop = QueryReadingPop(PopularityConfig(), tiny_data)
     known = tiny_data.query_text[1:3]
     assert pop.add_queries(known) == [tiny_data.query_index[t] for t in known]
     with pytest.raises(DataError, match="pop cannot read query texts.*'usb cable'"):
@@ -208,9 +213,9 @@ def test_limits_and_task_not_served(runs, tiny_data, items):
         ranker.rank([], items[:3], query="new three")
 
 
-def test_unseen_query_needs_a_model_that_reads_text(pop_ranker, items):
-    with pytest.raises(RequestError, match="pop cannot read query texts"):
-        pop_ranker.rank([], items[:3], query="never seen")
+def test_unseen_query_is_fine_for_a_model_that_ignores_queries(pop_ranker, items):
+    ranking = pop_ranker.rank([], items[:3], query="never seen")
+    assert ranking.n_candidates == 3
 
 
 def test_history_queries_are_looked_up_not_registered(gensr_ranker, pop_ranker, items,
@@ -227,7 +232,7 @@ def test_history_queries_are_looked_up_not_registered(gensr_ranker, pop_ranker, 
 
 def test_rank_many_isolates_failures(pop_ranker, items):
     reqs = [{"candidates": items[:4]}, {"candidates": ["NOPE"]},
-            {"candidates": items[:4], "query": "never seen"}, {"candidates": items[2:6]}]
+            {"candidates": []}, {"candidates": items[2:6]}]
     out = pop_ranker.rank_many(reqs, return_errors=True)
     assert out[0].item_ids == pop_ranker.rank([], items[:4]).item_ids
     assert isinstance(out[1], UnknownItemError) and "request 1" in str(out[1])
@@ -420,3 +425,13 @@ def test_app_answers_503_when_the_queue_is_full(pop_ranker, items):
 def test_help(command):
     res = CliRunner().invoke(cli_app, [command, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_models_that_ignore_queries_accept_unseen_ones(tiny_data):
+    from gensr.models import model_class
+
+    pop = model_class("pop")(model_class("pop").config_class(), tiny_data)
+    assert pop.add_queries(["never seen before"]) == [0]
+    bm25 = model_class("bm25")(model_class("bm25").config_class(), tiny_data)
+    new = bm25.add_queries(["never seen before"])[0]
+    assert new > tiny_data.n_queries

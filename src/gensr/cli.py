@@ -551,9 +551,11 @@ def quickstart(
     max_steps: int | None = typer.Option(None, help="Cap GenSR's training steps (default: "
                                          "the packaged quickstart config's)."),
 ) -> None:
-    """The main job on the embedded synthetic data: prepare → pretrain the CF view → train
-    GenSR (small, not pretrained T5) → evaluate → one table beside random, pop and BM25,
-    written to OUT/results.{json,md}. Finished steps are reused on a second run."""
+    """The main job on the embedded synthetic data, with one results table.
+
+    Prepare → pretrain the CF view → train GenSR (small, not pretrained T5) → evaluate → one
+    table beside random, pop and BM25, written to OUT/results.{json,md}. Finished steps are
+    reused on a second run."""
     from gensr.quickstart import run_quickstart
 
     run_quickstart(out, device=device, console=console, fresh=fresh, max_steps=max_steps)

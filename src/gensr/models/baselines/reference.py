@@ -30,6 +30,7 @@ class RandomScorer(SRModel):
     name = "random"
     config_class = RandomConfig
     trainable = False
+    reads_query_text = False
 
     def __init__(self, config: RandomConfig, data: SRData) -> None:
         super().__init__(config, data)
@@ -55,6 +56,7 @@ class PopularityScorer(SRModel):
     name = "pop"
     config_class = PopularityConfig
     trainable = False
+    reads_query_text = False
 
     def __init__(self, config: PopularityConfig, data: SRData) -> None:
         super().__init__(config, data)

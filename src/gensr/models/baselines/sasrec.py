@@ -89,6 +89,7 @@ class SASRec(SRModel):
     name = "sasrec"
     config_class = SASRecConfig
     tasks = ("rec",)
+    reads_query_text = False
 
     def __init__(self, config: SASRecConfig, data: SRData) -> None:
         super().__init__(config, data)
