@@ -4,8 +4,10 @@ MiniLM bert2bert and SmolLM2 where their optional packages are installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ from gensr.models.gensr.backbones.export import export_backbone
 from gensr.models.gensr.backbones.sources import EXPORT_MARKER, package_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+HAS_PEFT = importlib.util.find_spec("peft") is not None
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="LoRA needs the optional package peft")
 SMALL = dict(max_his_len=8, item_text_tokens=4, view_dropout=0.0)
 KINDS = ("bert2bert", "llama", "bart")
 
@@ -186,6 +190,8 @@ def test_gradients_reach_the_backbone_and_gensr_modules(kind, tiny_data, tiny_di
 @pytest.mark.parametrize("lora", [0, 4])
 def test_save_load_gives_identical_scores_offline(kind, lora, tiny_data, tiny_dirs, tmp_path,
                                                   monkeypatch):
+    if lora and not HAS_PEFT:
+        pytest.skip("LoRA needs the optional package peft")
     source = tmp_path / "source"
     shutil.copytree(tiny_dirs[kind], source)
     spec = f"bert2bert:{source}" if kind == "bert2bert" else str(source)
@@ -208,6 +214,7 @@ def test_save_load_gives_identical_scores_offline(kind, lora, tiny_data, tiny_di
     assert card["kind"] == ("causal" if kind == "llama" else "seq2seq")
 
 
+@needs_peft
 @pytest.mark.parametrize("kind", KINDS)
 def test_lora_trains_only_adapters_and_gensr_modules(kind, tiny_data, tiny_dirs):
     model = _model(tiny_data, _spec(kind, tiny_dirs), lora_r=4, lora_alpha=8)
@@ -235,6 +242,7 @@ def test_lora_off_trains_the_whole_backbone(tiny_data, tiny_dirs):
     assert all(p.requires_grad for p in backbone.parameters())
 
 
+@needs_peft
 def test_lora_on_scratch_t5_and_bad_settings(tiny_data):
     model = _model(tiny_data, "scratch-t5", lora_r=2, scratch_d_model=32, scratch_heads=2,
                    scratch_d_ff=64, scratch_layers=1, scratch_vocab_size=600)
@@ -309,6 +317,20 @@ def test_source_forms_and_errors(tiny_dirs, tmp_path, monkeypatch):
     for name, named in NAMED_BACKBONES.items():
         with pytest.raises(RunError, match=rf"{named.distribution}.*gensr\[backbones\]"):
             resolve_source(name)
+
+
+def test_missing_optional_packages_name_the_extra(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    with pytest.raises(RunError, match=r"peft.*gensr\[backbones\]"):
+        _model(tiny_data, "scratch-t5", lora_r=2, scratch_d_model=32, scratch_heads=2,
+               scratch_vocab_size=600)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(RunError, match=r"gguf.*gensr\[backbones\]"):
+        _model(tiny_data, str(gguf))
 
 
 def test_encoder_only_checkpoint_asks_for_bert2bert(tiny_data, tiny_dirs):
