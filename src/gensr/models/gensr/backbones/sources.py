@@ -276,7 +276,8 @@ def load_pretrained(source: BackboneSource) -> tuple[nn.Module, Any, Kind, tuple
             kind = model_kind(config, source.label)
             cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
             tokenizer = AutoTokenizer.from_pretrained(source.path, **extra)
-            model = cls.from_pretrained(source.path, dtype=torch.float32, **extra)
+            # the parsed config is passed on: a GGUF file is not parsed for it twice
+            model = cls.from_pretrained(source.path, config=config, dtype=torch.float32, **extra)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunError(
