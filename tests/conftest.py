@@ -36,3 +36,13 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "data"
     prepare("synthetic", None, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cf_path(tiny_data, tmp_path_factory) -> Path:
+    """A LightGCN item table for the tiny data (16 dims, up to 30 epochs: a few seconds)."""
+    from gensr.cf import pretrain_cf
+
+    out = tmp_path_factory.mktemp("cf") / "cf.safetensors"
+    pretrain_cf(tiny_data, out, epochs=30, min_epochs=1, dim=16, progress=False)
+    return out

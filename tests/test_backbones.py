@@ -187,6 +187,18 @@ def test_gradients_reach_the_backbone_and_gensr_modules(kind, tiny_data, tiny_di
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_analysis_hooks(kind, tiny_data, tiny_dirs):
+    model = _model(tiny_data, _spec(kind, tiny_dirs)).eval()
+    batch = _eval_batch(tiny_data, n=2, c=3)
+    with torch.no_grad():
+        rep = model.representation(batch)
+    assert rep.shape == (2, 3, 32) and torch.isfinite(rep).all()
+    shared = model.shared_parameters()
+    assert shared and all(isinstance(p, torch.nn.Parameter) for _, p in shared)
+    assert all(any(k in n for k in ("self_attn.", "attention.self.")) for n, _ in shared)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lora", [0, 4])
 def test_save_load_gives_identical_scores_offline(kind, lora, tiny_data, tiny_dirs, tmp_path,
                                                   monkeypatch):

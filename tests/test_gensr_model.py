@@ -208,3 +208,30 @@ def test_scratch_t5_head_is_untied(tiny_data):
     assert t5.lm_head.weight.data_ptr() != t5.shared.weight.data_ptr()
     assert not model.backbone.lm_head_tied
     assert model.backbone.yes_id != model.backbone.no_id
+
+
+def test_save_load_gives_identical_scores(tiny_data, tiny_cf_path, tmp_path):
+    from gensr.models.base import read_model_card
+
+    torch.manual_seed(0)
+    model = GenSR(GenSRConfig(**SMALL, cf_path=str(tiny_cf_path)), tiny_data).eval()
+    model.save_pretrained(tmp_path / "run")
+    assert read_model_card(tmp_path / "run")["model"] == "gensr"
+    loaded = GenSR.from_pretrained(tmp_path / "run", tiny_data).eval()
+    batch = eval_instances(tiny_data, "test").make_batch(tiny_data, np.arange(3), 8)
+    with torch.no_grad():
+        assert torch.equal(model.score(batch), loaded.score(batch))
+    assert not loaded.backbone.lm_head_tied
+    # the frozen CF table came from the file, aligned by item id
+    from gensr.cf import CFTable
+
+    assert torch.equal(loaded.cf_view.cf_table, CFTable.load(tiny_cf_path, tiny_data).item)
+
+
+def test_analysis_hooks(tiny_data):
+    model = _model(tiny_data)
+    batch = _train_batch(tiny_data)
+    rep = model.representation(batch)
+    assert rep.shape == (*batch.candidates.shape, 32)
+    shared = model.shared_parameters()
+    assert shared and all("encoder.block.0" in name for name, _ in shared)

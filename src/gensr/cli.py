@@ -100,7 +100,39 @@ def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data direc
                       f"  ({len(cands['candidates'][0]) if cands.height else 0} candidates each)")
 
 
-# --- evaluation of the reference scorers (the model issue adds training) -----------------
+# --- training --------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    model: str | None = typer.Option(None, help="Model name (see gensr.models.registry), "
+                                        "e.g. sasrec."),
+    data: Path | None = typer.Option(None, help="Data directory (from `gensr data prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write (new, or the "
+                                                      "one to --resume)."),
+    cf: Path | None = typer.Option(None, "--cf", help="CF item table: sets model.cf_path."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with 'model:' and "
+                                           "'train:' sections."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="key=value (repeatable): model.KEY, train.KEY or a bare KEY "
+                            "that only one of the two configs has; wins over --config."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT from OUT/last/."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+) -> None:
+    """Train a model; the best one (on validation) and run.json end in OUT."""
+    from gensr.train import train_run
+
+    start = time.time()
+    run = train_run(out, model, data, config_path=config, sets=set_, cf_path=cf,
+                    resume=resume, device=device, log=console.print)
+    from accelerate import PartialState
+
+    if run.get("trained") and PartialState().is_main_process:
+        best = run["best_metric"]
+        console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
+                      f"{run['best_step']} of {run['steps']} ({run['status']}, "
+                      f"{time.time() - start:.0f}s) -> {out}")
+
+
+# --- evaluation ------------------------------------------------------------------------
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path | None = typer.Argument(None, help="A run directory (from `gensr train`)."),
@@ -125,15 +157,72 @@ def evaluate_cmd(
                  device=device, console=console)
 
 
+# --- CF view: LightGCN pretraining -------------------------------------------------------
+@app.command("pretrain-cf")
+def pretrain_cf_cmd(
+    data_dir: Path = typer.Argument(..., help="A canonical data directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="CF table to write (.safetensors); "
+                             "the JSON card goes beside it (.json)."),
+    dim: int = typer.Option(64, help="Embedding width d_cf."),
+    layers: int = typer.Option(2, help="LightGCN propagation layers."),
+    epochs: int = typer.Option(60, help="Most epochs (early stopping may end sooner)."),
+    lr: float = typer.Option(0.02, help="Adam learning rate."),
+    batch_size: int = typer.Option(4096, help="Positive edges per BPR step."),
+    weight_decay: float = typer.Option(1e-3, help="L2 on the batch's layer-0 embeddings."),
+    patience: int = typer.Option(10, help="Validations without a gain in R@20 before "
+                                 "stopping."),
+    min_epochs: int = typer.Option(10, help="Never stop before this many epochs."),
+    eval_every: int = typer.Option(1, help="Epochs between validations."),
+    valid_max: int = typer.Option(20000, help="Seeded subset of valid rec instances used "
+                                  "for validation (0 = all)."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, batches and negatives."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train LightGCN (BPR) on the training split's rec interactions; write the CF table."""
+    from gensr.cf import pretrain_cf
+
+    card = pretrain_cf(
+        data_dir, out, device=device, progress=progress, dim=dim, layers=layers,
+        epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+        patience=patience, min_epochs=min_epochs, eval_every=eval_every,
+        valid_max=valid_max, seed=seed,
+    )
+    valid = card["valid"]
+    table = Table(title=f"pretrain-cf {card['data_name']}: valid rec, full ranking "
+                        f"({valid['instances']:,} instances, training items masked)")
+    table.add_column("scorer")
+    for name in ("R@10", "N@10", "R@20", "N@20"):
+        table.add_column(name, justify="right")
+    for label, key in (("lightgcn (best epoch)", "lightgcn"), ("pop", "pop")):
+        row = valid.get(key)
+        cells = [f"{row[m]:.4f}" for m in ("R@10", "N@10", "R@20", "N@20")] if row else ["-"] * 4
+        table.add_row(label, *cells)
+    console.print(table)
+    graph, fallback = card["graph"], card["fallback"]
+    console.print(
+        f"graph: {graph['users']:,} users, {graph['items']:,} items, {graph['edges']:,} edges; "
+        f"best epoch {card['best_epoch']} of {card['epochs_run']} run; "
+        f"fallback ({fallback['rule']}) for {fallback['items']:,} items, "
+        f"{fallback['users']:,} users; "
+        f"{card['time_s']:.1f}s on {card['device']}")
+    console.print(f"wrote [bold]{card['paths']['table']}[/bold] and {card['paths']['card']}")
+
+
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Where to write data and results."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    fresh: bool = typer.Option(False, help="Start over instead of reusing finished steps."),
+    max_steps: int | None = typer.Option(None, help="Cap GenSR's training steps (default: "
+                                         "the packaged quickstart config's)."),
 ) -> None:
-    """The main job on the embedded synthetic data: prepare, evaluate, print one table."""
+    """The main job on the embedded synthetic data: prepare → pretrain the CF view → train
+    GenSR (small, not pretrained T5) → evaluate → one table beside random, pop and BM25,
+    written to OUT/results.{json,md}. Finished steps are reused on a second run."""
     from gensr.quickstart import run_quickstart
 
-    run_quickstart(out, device=device, console=console)
+    run_quickstart(out, device=device, console=console, fresh=fresh, max_steps=max_steps)
 
 
 def main() -> None:

@@ -67,6 +67,18 @@ class SRModel(nn.Module):
     def score_all(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} cannot score every item (no full ranking)")
 
+    # --- optional hooks for the analyses (gensr analyze) ---------------------------------
+    def representation(self, batch: Batch) -> torch.Tensor:
+        """(B, C, d): the hidden state the model's task decision reads for each candidate
+        (GenSR: the mean of its prompt's encoder states; a discriminative model: the shared
+        encoder's output fed to the task heads). Used by the parameter-space analysis."""
+        raise NotImplementedError(f"{self.name} exposes no task representation")
+
+    def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters of one self-attention block that both tasks share, for the
+        gradient-conflict analysis (cosine of the rec-loss and src-loss gradients)."""
+        raise NotImplementedError(f"{self.name} names no shared self-attention block")
+
     @property
     def supports_full_ranking(self) -> bool:
         return type(self).score_all is not SRModel.score_all

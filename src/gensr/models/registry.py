@@ -13,6 +13,8 @@ MODELS: dict[str, str] = {
     "pop": "gensr.models.baselines.reference:PopularityScorer",
     "bm25": "gensr.models.baselines.reference:BM25Scorer",
     "gensr": "gensr.models.gensr.modeling:GenSR",
+    "lightgcn": "gensr.cf.scorer:LightGCNScorer",
+    "sasrec": "gensr.models.baselines.sasrec:SASRec",
 }
 
 

@@ -13,9 +13,10 @@ attention_mask) -> (N, V)``: the vocabulary logits of the step that answers the 
 
 No ``generate``. :func:`load_backbone` picks the adapter from the model's config
 (``is_encoder_decoder``). ``scratch-t5`` builds a small T5 from a config with a WordPiece
-tokenizer trained on the data's text — **not pretrained**, for offline use, tests and the
-quickstart. Pretrained sources (hub names, directories, GGUF files, ``bert2bert:NAME``, the
-named backbones of optional packages) are resolved in :mod:`gensr.models.gensr.backbones`.
+tokenizer whose vocabulary is built from the data's text — **not pretrained**, for offline
+use, tests and the quickstart. Pretrained sources (hub names, directories, GGUF files,
+``bert2bert:NAME``, the named backbones of optional packages) are resolved in
+:mod:`gensr.models.gensr.backbones`.
 
 A run directory keeps the backbone's config, tokenizer, kind and weight tying
 (``backbone/gensr_backbone.json``); the weights live in ``model.safetensors``. So a trained
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,26 +48,38 @@ SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, extra_words: list[str]):
-    """A lower-casing WordPiece tokenizer trained on ``texts`` (deterministic for a corpus)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A lower-casing WordPiece tokenizer whose vocabulary is built from ``texts``.
+
+    Deterministic by construction (🤗 ``tokenizers``' trainers break ties in hash order, so
+    two processes can learn different vocabularies from the same corpus, which would break
+    resuming a run): the special tokens, every character seen (alone and as a ``##``
+    continuation), ``extra_words``, then whole words by descending frequency (ties in
+    alphabetical order) up to ``vocab_size``. Rarer words are spelled out in characters.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIALS["unk_token"]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        counts.update(w for w, _ in words)
+    chars = sorted({c for w in counts for c in w})
+    vocab: dict[str, int] = {}
+    for token in [SPECIALS["pad_token"], SPECIALS["eos_token"], SPECIALS["unk_token"], *chars,
+                  *(f"##{c}" for c in chars), *extra_words]:
+        vocab.setdefault(token, len(vocab))
+    for word, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=SPECIALS["unk_token"],
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[SPECIALS["pad_token"], SPECIALS["eos_token"], SPECIALS["unk_token"]],
-        min_frequency=1,
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
-    missing = [w for w in extra_words if w not in wrapped.get_vocab()]
-    if missing:
-        wrapped.add_tokens(missing)
-    return wrapped
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
 
 
 def _untie_lm_head(model: nn.Module) -> None:
@@ -151,8 +165,10 @@ class Backbone(nn.Module, ABC):
     P(its first token) at the answering step); ``d_model`` (the input embedding width);
     ``pad_id``; ``eos_id`` (the token that ends a prompt, or None); ``embed(ids)`` (input
     embeddings); ``first_step_logits(inputs_embeds, attention_mask) -> (N, V)`` for
-    right-padded prompts; ``save(dir)`` (config, tokenizer, kind and tying into a run dir).
-    ``model`` is the Hugging Face model, wrapped by peft when LoRA is on (``core`` unwraps it).
+    right-padded prompts; ``save(dir)`` (config, tokenizer, kind and tying into a run dir);
+    for the analyses, ``encoder_states(inputs_embeds, attention_mask) -> (N, T, d)`` and
+    ``first_self_attention()``. ``model`` is the Hugging Face model, wrapped by peft when
+    LoRA is on (``core`` unwraps it).
     """
 
     kind: ClassVar[str] = ""
@@ -212,6 +228,21 @@ class Backbone(nn.Module, ABC):
                           ) -> torch.Tensor:
         """Vocabulary logits (N, V) of the step that answers each right-padded prompt."""
 
+    @abstractmethod
+    def encoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """The last hidden states (N, T, d) over the prompt (the analyses read them)."""
+
+    def first_self_attention(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters of the model's first self-attention module (T5 ``SelfAttention``,
+        BERT ``attention.self``, BART/Llama-style ``self_attn``), LoRA adapters included."""
+        for name, module in self.core.named_modules():
+            if name.endswith(("SelfAttention", "attention.self", "self_attn")):
+                params = [(f"{name}.{n}", p) for n, p in module.named_parameters()]
+                if params:
+                    return params
+        raise RunError("no self-attention block found in the backbone")
+
     @property
     def lm_head_tied(self) -> bool:
         """Whether the LM head shares storage with the input embeddings."""
@@ -259,6 +290,13 @@ class Seq2SeqBackbone(Backbone):
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
                          decoder_input_ids=start, use_cache=False)
         return out.logits[:, 0]
+
+    def encoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """The encoder's last hidden states (N, T, d) for prompt embeddings."""
+        encoder = self.core.get_encoder()
+        return encoder(inputs_embeds=inputs_embeds,
+                       attention_mask=attention_mask.long()).last_hidden_state
 
 
 # configs whose models change the logits after the LM head: score those with the full forward
@@ -317,6 +355,18 @@ class CausalLMBackbone(Backbone):
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=mask.long(),
                          use_cache=False, logits_to_keep=keep)
         return out.logits[rows, torch.searchsorted(keep, last)]
+
+    def encoder_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """The decoder stack's last hidden states (N, T, d) over the prompt (a decoder-only
+        LM has no separate encoder: these are the states its next-token logits read)."""
+        parts = self._base_and_head()
+        if parts is not None:
+            return parts[0](inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
+                            use_cache=False).last_hidden_state
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
+                         use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[-1]
 
 
 BACKBONES: dict[str, type[Backbone]] = {"seq2seq": Seq2SeqBackbone, "causal": CausalLMBackbone}

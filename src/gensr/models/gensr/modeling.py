@@ -206,6 +206,19 @@ class GenSR(SRModel):
         logits = self.backbone.first_step_logits(embeds, mask)
         return logits.view(*candidates.shape, -1), vectors
 
+    # --- analysis hooks ----------------------------------------------------------------------
+    def representation(self, batch: Batch) -> torch.Tensor:
+        """(B, C, d): the backbone encoder's states over each candidate's prompt, mean-pooled."""
+        enc = self.encode_history(batch)
+        vectors = self.slot_vectors(enc, batch.candidates)
+        embeds, mask = self.prompt_embeddings(enc, vectors)
+        states = self.backbone.encoder_states(embeds, mask)
+        return masked_mean(states, mask).view(*batch.candidates.shape, -1)
+
+    def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The first self-attention block of the backbone (shared by the rec and src prompts)."""
+        return self.backbone.first_self_attention()
+
     # --- the model interface ---------------------------------------------------------------
     def loss(self, batch: Batch) -> ModelOutput:
         """Eq. 8: L = L_gen + λ·L_cl over the batch's pointwise (candidate, label) examples."""

@@ -1,0 +1,141 @@
+"""The frozen CF table that GenSR's CF view reads: :class:`CFTable`.
+
+A CF table is a ``.safetensors`` file with the tensors ``item`` ((n_items + 1, dim) float32,
+row i = canonical item id i, row 0 = padding = zeros) and, optionally, ``user``
+((n_users + 1, dim), row 0 = zeros). Its safetensors metadata carries the data fingerprint, and
+a JSON *card* sits beside it (``cf.safetensors`` -> ``cf.json``) with the training settings and
+validation figures. Both files are written atomically (a temporary file renamed into place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gensr.errors import RunError
+
+if TYPE_CHECKING:
+    from gensr.data.dataset import SRData
+
+FORMAT = "gensr-cf/1"
+SUFFIX = ".safetensors"
+
+
+def card_path(path: str | Path) -> Path:
+    """Where the JSON card of the table at ``path`` lives (``cf.safetensors`` -> ``cf.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class CFTable:
+    """Item (and user) embedding tables aligned with a data directory's canonical ids.
+
+    ``item`` is (n_items + 1, dim) float32 with row 0 = zeros (padding); ``user`` is
+    (n_users + 1, dim) or None; ``card`` is the JSON card (fingerprint, settings, figures).
+    """
+
+    item: torch.Tensor
+    user: torch.Tensor | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        """The embedding width d_cf."""
+        return int(self.item.shape[1])
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the data the table was trained on (from the card)."""
+        return self.card.get("data_fingerprint")
+
+    # --- persistence ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.safetensors) and its JSON card beside it, each atomically."""
+        path = Path(path)
+        if path.suffix != SUFFIX:
+            raise RunError(f"a CF table path must end with {SUFFIX}, not {path.name!r}")
+        tensors = {"item": self.item.detach().float().cpu().contiguous()}
+        if self.user is not None:
+            tensors["user"] = self.user.detach().float().cpu().contiguous()
+        metadata = {"format": FORMAT, "data_fingerprint": str(self.fingerprint or ""),
+                    "dim": str(self.dim)}
+        _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        text = json.dumps(self.card, indent=2, sort_keys=False)
+        _atomic_write(card_path(path), lambda tmp: tmp.write_text(text + "\n"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, data: SRData | None = None) -> CFTable:
+        """Read a table written by ``gensr pretrain-cf``.
+
+        With ``data``, refuses (:class:`~gensr.errors.RunError`) a table trained on other data
+        (fingerprint mismatch) or whose row count is not ``data.n_items + 1``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise RunError(f"CF table {path} does not exist "
+                           "(make one with `gensr pretrain-cf DATA_DIR --out PATH`)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                names = set(f.keys())
+                if "item" not in names:
+                    raise RunError(f"{path} holds no 'item' tensor: not a CF table")
+                item = f.get_tensor("item").float()
+                user = f.get_tensor("user").float() if "user" in names else None
+        except RunError:
+            raise
+        except Exception as err:  # safetensors raises its own error types on bad files
+            raise RunError(f"{path} is not a readable safetensors file: {err}") from None
+        cpath = card_path(path)
+        card: dict[str, Any] = json.loads(cpath.read_text()) if cpath.is_file() else {}
+        fp = metadata.get("data_fingerprint") or card.get("data_fingerprint")
+        if fp:
+            card["data_fingerprint"] = fp
+        table = cls(item=item, user=user, card=card)
+        if item.dim() != 2:
+            raise RunError(f"{path}: 'item' must be 2-d (rows, dim), got shape "
+                           f"{tuple(item.shape)}")
+        if user is not None and (user.dim() != 2 or user.shape[1] != item.shape[1]):
+            raise RunError(f"{path}: 'user' shape {tuple(user.shape)} does not fit 'item' "
+                           f"shape {tuple(item.shape)}")
+        if data is not None:
+            table.check(data, source=str(path))
+        return table
+
+    def check(self, data: SRData, source: str = "CF table") -> None:
+        """Raise :class:`RunError` unless the table's ids line up with ``data``'s."""
+        if self.fingerprint != data.fingerprint:
+            raise RunError(
+                f"{source} was trained on data with fingerprint {self.fingerprint}, but "
+                f"{data.path} has fingerprint {data.fingerprint}: item ids would not match "
+                "(run `gensr pretrain-cf` on this data directory)")
+        if self.item.shape[0] != data.n_items + 1:
+            raise RunError(
+                f"{source} has {self.item.shape[0]} item rows, but {data.path} needs "
+                f"n_items + 1 = {data.n_items + 1} (row 0 = padding)")
+        if self.user is not None and self.user.shape[0] != data.n_users + 1:
+            raise RunError(
+                f"{source} has {self.user.shape[0]} user rows, but {data.path} needs "
+                f"n_users + 1 = {data.n_users + 1} (row 0 = padding)")

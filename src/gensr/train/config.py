@@ -1,0 +1,82 @@
+"""``TrainConfig``: every knob of the one trainer, typed and checked (nanoGPT's globals, as a
+dataclass). The YAML ``train:`` section and ``--set train.key=value`` update it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gensr.errors import ConfigError
+from gensr.eval.metrics import KS, metric_names
+
+Precision = Literal["auto", "fp32", "bf16"]
+METRIC_TASKS = ("mean", "rec", "src")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. Defaults suit small models (SASRec); GenSR's reference run used
+    lr 1e-4, weight_decay 1e-3, warmup_steps 200, patience 5 on R@5 (see configs/)."""
+
+    # data: each instance = 1 positive + n_negatives sampled negatives (labels 1, 0, 0, …)
+    n_negatives: int = 3
+    batch_size: int = 128  # instances per optimizer step (over all processes together)
+    # optimisation: AdamW on the model's param_groups, linear warm-up then linear decay to 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup_steps: int = 200
+    max_epochs: int = 20
+    max_steps: int | None = None  # stop after this many optimizer steps (None: max_epochs)
+    grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
+    # validation and early stopping
+    eval_every: int | None = None  # steps between validations (None: twice per epoch)
+    eval_fraction: float = 0.5  # seeded random share of the valid instances (reference: half)
+    eval_max_instances: int | None = None  # cap on that subset (None: no cap)
+    eval_batch_size: int = 128
+    metric: str = "mean/N@10"  # TASK/METRIC, TASK in mean|rec|src; mean = over model.tasks
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    # run
+    seed: int = 0
+    log_every: int = 20  # steps between TensorBoard/progress-bar loss logs
+    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    device: str | None = None  # cpu | cuda (None: cuda if available)
+    progress: bool = True  # show the tqdm progress bar
+
+    def __post_init__(self) -> None:
+        positive = ("n_negatives", "batch_size", "max_epochs", "eval_batch_size", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every", "eval_max_instances"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name} must be >= 1 or null, got {value}")
+        for name in ("lr", "weight_decay", "warmup_steps", "grad_clip", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.eval_fraction <= 1.0:
+            raise ConfigError(f"train.eval_fraction must be in (0, 1], got {self.eval_fraction}")
+        parse_metric(self.metric)
+
+
+def parse_metric(spec: str) -> tuple[str, str]:
+    """``"mean/N@10"`` -> ``("mean", "N@10")``, with an error naming the valid choices."""
+    task, sep, name = spec.partition("/")
+    names = metric_names(KS)
+    if not sep or task not in METRIC_TASKS or name not in names:
+        raise ConfigError(
+            f"train.metric {spec!r} is not TASK/METRIC with TASK in {list(METRIC_TASKS)} "
+            f"and METRIC in {names} (e.g. 'mean/N@10', 'rec/R@5')"
+        )
+    return task, name
+
+
+def metric_value(metrics: dict[str, dict[str, float]], spec: str) -> float:
+    """The early-stopping value of ``spec`` in per-task ``metrics`` (mean over tasks present)."""
+    task, name = parse_metric(spec)
+    tasks = list(metrics) if task == "mean" else [task]
+    missing = [t for t in tasks if t not in metrics]
+    if missing or not tasks:
+        raise ConfigError(f"train.metric {spec!r}: no validation metrics for task(s) "
+                          f"{missing or [task]} (evaluated: {sorted(metrics)})")
+    return sum(metrics[t][name] for t in tasks) / len(tasks)

@@ -1,0 +1,238 @@
+"""The trainer: a tiny run learns, a killed run resumes exactly, configs and run dirs fail
+clearly, and ``gensr train`` + ``gensr evaluate`` work end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gensr.errors import ConfigError, RunError
+from gensr.models.baselines.sasrec import SASRec
+from gensr.train import TrainConfig, build_configs, fit, train_run
+from gensr.train.loop import warmup_linear
+
+SMALL = ["model.hidden=32", "model.n_layers=1", "model.max_his_len=20"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and shared CPUs do not oversubscribe)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _train(out, data_dir, *sets, **kwargs):
+    return train_run(out, "sasrec", data_dir, sets=[*SMALL, "progress=false", *sets],
+                     log=_quiet, **kwargs)
+
+
+def test_tiny_run_learns(tmp_path, tiny_data_dir):
+    run = _train(tmp_path / "run", tiny_data_dir, "max_steps=120", "eval_every=40",
+                 "batch_size=64", "lr=3e-3", "warmup_steps=10", "metric=rec/N@10")
+    losses = [h["train_loss"] for h in run["history"]]
+    assert losses[-1] < losses[0] - 0.1, losses
+    best = run["best_valid"]["rec"]
+    assert best["R@10"] > 0.2 and best["N@10"] > 0.09, best  # random: R@10 0.1, N@10 ~0.045
+    assert run["status"] == "finished" and run["steps"] == 120
+    assert run["trained"] and run["data_dir"] == str(tiny_data_dir.resolve())
+    assert run["train_config"]["max_steps"] == 120 and run["model_config"]["hidden"] == 32
+    assert [h["step"] for h in run["history"]] == [40, 80, 120]
+    out = tmp_path / "run"
+    for name in ("model.json", "model.safetensors", "last/checkpoint.pt", "last/rng_0.pt"):
+        assert (out / name).exists(), name
+    assert any((out / "tb").iterdir())
+
+
+def _weights(path):
+    return {k: v for k, v in load_file(str(path)).items()}
+
+
+def test_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, monkeypatch):
+    """Ctrl-C after 13 steps (mid-epoch), --resume, and the run ends where an uninterrupted
+    one does: same weights, same validation history (dropout 0.2 is on)."""
+    sets = ["max_steps=50", "eval_every=9", "batch_size=64", "warmup_steps=5", "lr=3e-3",
+            "patience=0"]
+    full = _train(tmp_path / "full", tiny_data_dir, *sets)
+    steps_per_epoch = full["steps_per_epoch"]
+    assert 13 % steps_per_epoch != 0 and 50 > steps_per_epoch  # stops mid-epoch, then crosses
+
+    calls = {"n": 0}
+    real_loss = SASRec.loss
+
+    def interrupting_loss(self, batch):
+        calls["n"] += 1
+        out = real_loss(self, batch)  # random draws happen, then the "Ctrl-C"
+        if calls["n"] == 14:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(SASRec, "loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", tiny_data_dir, *sets)
+    monkeypatch.setattr(SASRec, "loss", real_loss)
+    state = json.loads((tmp_path / "cut" / "last" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (13, 0, 13)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+
+    resumed = train_run(tmp_path / "cut", resume=True, log=_quiet)
+    assert resumed["steps"] == 50 and resumed["status"] == "finished"
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in full["history"]]
+    for a, b in zip(full["history"], resumed["history"]):
+        assert a["value"] == pytest.approx(b["value"], abs=1e-6)
+    for name in ("model.safetensors", "last/checkpoint.pt"):
+        if name.endswith(".pt"):
+            wa = torch.load(tmp_path / "full" / name, weights_only=False)["model"]
+            wb = torch.load(tmp_path / "cut" / name, weights_only=False)["model"]
+        else:
+            wa, wb = _weights(tmp_path / "full" / name), _weights(tmp_path / "cut" / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_stop_hook_and_resume_with_more_epochs(tmp_path, tiny_data_dir):
+    run = _train(tmp_path / "r", tiny_data_dir, "max_epochs=1", "batch_size=64",
+                 stop_after_steps=5)
+    assert run["status"] == "paused" and run["steps"] == 5
+    run = train_run(tmp_path / "r", resume=True, sets=["train.max_epochs=2"], log=_quiet)
+    assert run["status"] == "finished" and run["epochs"] == 2.0
+    with pytest.raises(ConfigError, match="model settings"):
+        train_run(tmp_path / "r", resume=True, sets=["model.hidden=8"], log=_quiet)
+
+
+def test_settings_resolution(tmp_path):
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("model:\n  hidden: 48\n  n_heads: 4\ntrain:\n  lr: 0.01\n"
+                         "  batch_size: 32\n")
+    model_cfg, train_cfg = build_configs("sasrec", config_path=yaml_path,
+                                         sets=["dropout=0.5", "train.lr=0.02", "max_steps=7"])
+    assert (model_cfg.hidden, model_cfg.n_heads, model_cfg.dropout) == (48, 4, 0.5)
+    assert (train_cfg.lr, train_cfg.batch_size, train_cfg.max_steps) == (0.02, 32, 7)
+    with pytest.raises(ConfigError, match="unknown setting 'hiden'.*hidden.*batch_size"):
+        build_configs("sasrec", sets=["hiden=3"])
+    with pytest.raises(ConfigError, match="both a model and a train setting"):
+        build_configs("random", sets=["seed=3"])  # RandomConfig.seed and TrainConfig.seed
+    with pytest.raises(ConfigError, match="unknown setting 'model.nope'"):
+        build_configs("sasrec", sets=["model.nope=1"])
+    with pytest.raises(ConfigError, match="train.lr: expected a number"):
+        build_configs("sasrec", sets=["lr=fast"])
+    with pytest.raises(ConfigError, match="no cf_path"):
+        build_configs("sasrec", cf_path=yaml_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match="unknown top-level"):
+        build_configs("sasrec", config_path=bad)
+    with pytest.raises(ConfigError, match="TASK/METRIC"):
+        TrainConfig(metric="rec/HR@5")
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_example_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "configs" / "sasrec.yaml"
+    model_cfg, train_cfg = build_configs("sasrec", config_path=path)
+    assert model_cfg.max_his_len == 50 and train_cfg.metric == "rec/N@10"
+
+
+def test_fit_refuses_metric_of_unserved_task(tmp_path, tiny_data):
+    from gensr.models.baselines.sasrec import SASRecConfig
+
+    model = SASRec(SASRecConfig(hidden=8, n_layers=1), tiny_data)
+    with pytest.raises(ConfigError, match="serves only"):
+        fit(model, tiny_data, TrainConfig(metric="src/R@5", progress=False), tmp_path / "x")
+
+
+def test_existing_run_dir_needs_resume(tmp_path, tiny_data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(RunError, match="--resume"):
+        _train(out, tiny_data_dir)
+    with pytest.raises(RunError, match="no checkpoint to resume"):
+        train_run(out, resume=True, log=_quiet)
+
+
+def test_warmup_then_linear_decay():
+    f = warmup_linear(4, 14)
+    assert [round(f(s), 2) for s in (0, 3, 4, 9, 14)] == [0.2, 0.8, 1.0, 0.5, 0.0]
+
+
+def _gensr(capsys, *args: str) -> tuple[int, str]:
+    """Run the ``gensr`` entry point in this process: (exit code, printed output)."""
+    from gensr.cli import main
+
+    capsys.readouterr()
+    old_argv = sys.argv
+    sys.argv = ["gensr", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:
+        sys.argv = old_argv
+    return code, capsys.readouterr().out
+
+
+def test_cli_train_then_evaluate(tmp_path, tiny_data_dir, capsys):
+    out = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  hidden: 32\n  n_layers: 1\ntrain:\n  max_steps: 30\n"
+                      "  eval_every: 15\n  progress: false\n")
+    code, text = _gensr(capsys, "train", "--model", "sasrec", "--data", str(tiny_data_dir),
+                        "--out", str(out), "--config", str(config), "--set", "batch_size=64")
+    assert code == 0, text
+    assert "best mean/N@10" in text
+    code, text = _gensr(capsys, "evaluate", str(out), "--split", "test")
+    assert code == 0, text
+    metrics = json.loads((out / "metrics_test.json").read_text())
+    assert set(metrics) == {"rec"}
+    assert {"R@5", "N@5", "R@10", "N@10", "n"} <= set(metrics["rec"])
+
+    # the same directory again without --resume: one-line error, exit code 2
+    code, text = _gensr(capsys, "train", "--model", "sasrec", "--data", str(tiny_data_dir),
+                        "--out", str(out))
+    assert code == 2 and "--resume" in text and "Traceback" not in text
+    code, text = _gensr(capsys, "train", "--model", "sasrec", "--data", str(tiny_data_dir),
+                        "--out", str(tmp_path / "new"), "--set", "lerning_rate=1")
+    assert code == 2 and "unknown setting 'lerning_rate'" in text and "Traceback" not in text
+
+
+def test_cli_train_subprocess_error():
+    """The installed entry point, as a user runs it: a bad setting is a one-line error."""
+    res = subprocess.run([sys.executable, "-c", "from gensr.cli import main; main()", "train",
+                          "--model", "sasrec", "--data", "x", "--out", "y", "--set", "hiden=1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown setting 'hiden'" in res.stdout
+    assert "Traceback" not in res.stderr
+
+
+def test_untrainable_model_writes_run_dir(tmp_path, tiny_data_dir):
+    from gensr.eval.runner import evaluate_run
+
+    run = train_run(tmp_path / "pop", "pop", tiny_data_dir, log=_quiet)
+    assert run["trained"] is False
+    metrics = evaluate_run(run_dir=tmp_path / "pop", model=None, data=None, split="test")
+    assert set(metrics) == {"rec", "src"}
+    assert (tmp_path / "pop" / "metrics_test.json").exists()
+
+
+def test_train_help():
+    from typer.testing import CliRunner
+
+    from gensr.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--resume" in result.output and "--set" in result.output
