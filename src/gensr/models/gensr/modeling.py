@@ -21,7 +21,8 @@ from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
-from gensr.models.gensr.backbone import Seq2SeqBackbone, load_backbone
+from gensr.models.gensr.backbone import Backbone, load_backbone
+from gensr.models.gensr.backbones import LoraSettings
 from gensr.models.gensr.configuration import GenSRConfig
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
@@ -81,7 +82,7 @@ class GenSR(SRModel):
         if artifacts is None:
             corpus = [t for t in data.item_text[1:]] + [q for q in data.query_text[1:]]
             corpus += [config.rec_template, config.src_template] * 20
-        self.backbone: Seq2SeqBackbone = load_backbone(
+        self.backbone: Backbone = load_backbone(
             config.backbone, artifacts=artifacts, corpus=corpus,
             answer_yes=config.answer_yes, answer_no=config.answer_no,
             scratch={"vocab_size": config.scratch_vocab_size, "d_model": config.scratch_d_model,
@@ -89,6 +90,7 @@ class GenSR(SRModel):
                      "decoder_layers": config.scratch_decoder_layers,
                      "heads": config.scratch_heads, "d_ff": config.scratch_d_ff,
                      "dropout": config.scratch_dropout},
+            gguf_file=config.backbone_gguf_file, lora=LoraSettings.from_config(config),
         )
         d_model = self.backbone.d_model
         tok = self.backbone.tokenizer
