@@ -158,6 +158,35 @@ def evaluate_cmd(
                  device=device, console=console)
 
 
+# --- comparison --------------------------------------------------------------------------
+@app.command("compare")
+def compare_cmd(
+    data: Path = typer.Option(..., "--data", help="Data directory (from `gensr data "
+                              "prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs, compare.md and "
+                             "compare.json; finished runs in it are reused."),
+    models: str = typer.Option("gensr,unisar,sasrec,tem,disc,pop,bm25", "--models",
+                               help="Comma-separated model names (table columns, in order)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML: defaults.train, "
+                                       "models.NAME.{model,train}, eval, cf."),
+    cf: Path | None = typer.Option(None, "--cf", help="CF item table for the models that take "
+                                   "one (default: pretrain OUT/cf.safetensors)."),
+    seeds: int = typer.Option(1, "--seeds", help="Runs per seeded model; >1 reports mean ± "
+                              "std."),
+    max_instances: int | None = typer.Option(None, "--max-instances", help="Seeded subset of "
+                                             "the evaluation instances (overrides "
+                                             "eval.max_instances)."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    progress: bool = typer.Option(True, help="Show evaluation progress bars."),
+) -> None:
+    """Train (or reuse) and evaluate models on the same candidates; write the comparison."""
+    from gensr.compare import compare
+
+    compare(data, models, out, config_path=config, cf_path=cf, seeds=seeds,
+            max_instances=max_instances, device=device, progress=progress,
+            log=lambda s: console.print(s, highlight=False, soft_wrap=True), console=console)
+
+
 # --- CF view: LightGCN pretraining -------------------------------------------------------
 @app.command("pretrain-cf")
 def pretrain_cf_cmd(

@@ -15,6 +15,9 @@ MODELS: dict[str, str] = {
     "gensr": "gensr.models.gensr.modeling:GenSR",
     "lightgcn": "gensr.cf.scorer:LightGCNScorer",
     "sasrec": "gensr.models.baselines.sasrec:SASRec",
+    "tem": "gensr.models.baselines.tem:TEM",
+    "unisar": "gensr.models.baselines.unisar:UniSAR",
+    "disc": "gensr.models.baselines.disc:DiscriminativeTwin",
 }
 
 
