@@ -6,9 +6,9 @@ modules (layer norms, ``q``/``k``/``v``/``o``, feed-forward blocks, dropouts, LM
 LoRA adapters and training work unchanged — but organises the pass for throughput:
 
 * **one attention bias per batch.** T5's relative-position bias (1, H, T, T) is computed
-  once and, when the batch has padding, merged with the padding mask once (Hugging Face's
-  SDPA path rebuilds the merged (N, H, T, T) tensor in every layer); a batch without padding
-  (GenSR's length buckets) passes the (1, H, T, T) bias alone, broadcast over the batch;
+  once and merged with the padding mask once (Hugging Face's SDPA path rebuilds the merged
+  (N, H, T, T) tensor in every layer); when every row has the same mask (GenSR's length
+  buckets) the merged bias stays (1, H, T, T), broadcast over the batch;
 * **SDPA** (``F.scaled_dot_product_attention`` with the bias as additive mask, scale 1):
   no (N, H, T, T) fp32 score tensors in eager code; the memory-efficient kernel on CUDA;
 * **one decoder step, specialised:** the first decoder position attends to itself only, so
@@ -99,25 +99,24 @@ class FusedT5:
             v = (v.view(n, 1, h, inner // h) * keep).view(n, 1, inner)
         return attn.o(v)
 
-    def encoder_bias(self, t: int, mask: torch.Tensor, dense: bool, dtype: torch.dtype,
+    def encoder_bias(self, t: int, mask: torch.Tensor, shared: bool, dtype: torch.dtype,
                      device: torch.device) -> torch.Tensor:
         """The additive attention mask of every encoder layer: the relative-position bias
-        (1, H, T, T), merged with the padding mask (N, H, T, T) unless ``dense``."""
+        merged with the padding mask — (1, H, T, T) when ``shared`` (every row has row 0's
+        mask), else (N, H, T, T)."""
         first = self.model.encoder.block[0].layer[0].SelfAttention
         bias = first.compute_bias(t, t, device=device).to(dtype)
-        if dense:
-            return bias
-        keep = mask.bool()[:, None, None, :]
+        keep = (mask[:1] if shared else mask).bool()[:, None, None, :]
         return torch.where(keep, bias, torch.finfo(dtype).min)
 
     # --- the pass ----------------------------------------------------------------------
     def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
-               dense: bool = False) -> torch.Tensor:
+               shared: bool = False) -> torch.Tensor:
         """The encoder's last hidden states (N, T, d)."""
         enc = self.model.encoder
-        n, t, _ = inputs_embeds.shape
+        t = inputs_embeds.shape[1]
         dtype = compute_dtype(inputs_embeds, self.model.get_input_embeddings().weight.dtype)
-        bias = self.encoder_bias(t, attention_mask, dense, dtype, inputs_embeds.device)
+        bias = self.encoder_bias(t, attention_mask, shared, dtype, inputs_embeds.device)
         hidden = enc.dropout(inputs_embeds)
         for block in enc.block:
             sa = block.layer[0]
@@ -127,18 +126,16 @@ class FusedT5:
         return enc.dropout(enc.final_layer_norm(hidden))
 
     def first_step_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
-                          dense: bool = False) -> torch.Tensor:
-        """Vocabulary logits (N, V) of the first decoder step. ``dense``: no row has padding
-        (the mask is all True), so no padding mask is built."""
-        states = self.encode(inputs_embeds, attention_mask, dense=dense)
+                          shared: bool = False) -> torch.Tensor:
+        """Vocabulary logits (N, V) of the first decoder step. ``shared``: every row has the
+        same attention mask (row 0's), so the masks are built once, broadcast over rows."""
+        states = self.encode(inputs_embeds, attention_mask, shared=shared)
         dec = self.model.decoder
         n = states.shape[0]
         dtype = compute_dtype(states, self.model.get_input_embeddings().weight.dtype)
-        cross = None
-        if not dense:
-            keep = attention_mask.bool()[:, None, None, :]
-            cross = torch.where(keep, torch.zeros((), dtype=dtype, device=states.device),
-                                torch.finfo(dtype).min)
+        keep = (attention_mask[:1] if shared else attention_mask).bool()[:, None, None, :]
+        cross = torch.where(keep, torch.zeros((), dtype=dtype, device=states.device),
+                            torch.finfo(dtype).min)  # (N or 1, 1, 1, T)
         start = torch.full((n, 1), self.start_id, dtype=torch.long, device=states.device)
         y = dec.dropout(dec.embed_tokens(start))
         for block in dec.block:

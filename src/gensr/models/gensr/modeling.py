@@ -193,7 +193,7 @@ class GenSR(SRModel):
         return self.speed.resolve(self.device, cfg.score_chunk, self.fused_runner() is not None)
 
     def _logits_fn(self, speed: Speed) -> Callable:
-        """The backbone pass ``(embeds, mask, dense) -> (N, V)`` for ``speed``."""
+        """The backbone pass ``(embeds, mask, shared=…) -> (N, V)`` for ``speed``."""
         key = (speed.runner, speed.compile)
         if key in self._compiled:
             return self._compiled[key]
@@ -204,7 +204,7 @@ class GenSR(SRModel):
         else:
             backbone = self.backbone
 
-            def fn(embeds, mask, *, dense=False):  # the backbone's own forward
+            def fn(embeds, mask, *, shared=False):  # the backbone's own forward
                 return backbone.first_step_logits(embeds, mask)
         if speed.compile != "off":
             fn = torch.compile(fn, mode=None if speed.compile == "default" else speed.compile)
@@ -287,14 +287,14 @@ class GenSR(SRModel):
         return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
 
     def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor, *,
-                      speed: Speed | None = None, dense: bool = False
+                      speed: Speed | None = None, shared_mask: bool = False
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """First-step vocabulary log-probabilities (B, C, V) and the slot vectors.
-        ``dense``: no prompt in ``enc`` has padding (a length bucket)."""
+        ``shared_mask``: every prompt in ``enc`` has the same mask (a length bucket)."""
         speed = speed or self.resolved_speed()
         vectors = self.slot_vectors(enc, candidates)
         embeds, mask = self.prompt_embeddings(enc, vectors, splice=speed.splice)
-        logits = self._logits_fn(speed)(embeds, mask, dense=dense)
+        logits = self._logits_fn(speed)(embeds, mask, shared=shared_mask)
         return logits.view(*candidates.shape, -1), vectors
 
     # --- analysis hooks ----------------------------------------------------------------------
@@ -338,21 +338,30 @@ class GenSR(SRModel):
         speed = self.resolved_speed()
         enc = self.encode_history(batch)
         if not speed.bucket:
-            return self._score_group(enc, batch.candidates, speed, dense=False)
+            return self._score_group(enc, batch.candidates, speed, shared=False)
         lengths = enc.prompt_mask.sum(dim=1)
         band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
         out = torch.empty(batch.candidates.shape, dtype=torch.float, device=lengths.device)
         for value in torch.unique(band).tolist():
             rows = torch.nonzero(band == value).squeeze(1)
-            width = int(lengths[rows].max())
-            sub = dataclasses.replace(enc.select(rows), prompt_ids=enc.prompt_ids[rows, :width],
-                                      prompt_mask=enc.prompt_mask[rows, :width])
-            dense = bool((lengths[rows] == width).all())
-            out[rows] = self._score_group(sub, batch.candidates[rows], speed, dense=dense)
+            longest = int(lengths[rows].max())
+            shared = bool((lengths[rows] == longest).all())
+            sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
+                enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
+            out[rows] = self._score_group(sub, batch.candidates[rows], speed, shared=shared)
         return out
 
+    def _bucket_prompt(self, ids: torch.Tensor, mask: torch.Tensor, pad_to: int
+                       ) -> dict[str, torch.Tensor]:
+        """A bucket's prompt ids and mask, right-padded to a multiple of ``pad_to``."""
+        extra = -ids.shape[1] % pad_to
+        if extra:
+            ids = F.pad(ids, (0, extra), value=self.backbone.pad_id)
+            mask = F.pad(mask, (0, extra), value=False)
+        return {"prompt_ids": ids, "prompt_mask": mask}
+
     def _score_group(self, enc: HistoryEncoding, candidates: torch.Tensor, speed: Speed,
-                     dense: bool) -> torch.Tensor:
+                     shared: bool) -> torch.Tensor:
         """P("Yes") (B, C) in calls of at most ``speed.chunk`` sequences (at least one
         candidate of each instance of a block of at most ``chunk`` instances)."""
         b, c = candidates.shape
@@ -366,7 +375,7 @@ class GenSR(SRModel):
             parts = []
             for start in range(0, c, per_chunk):
                 logits, _ = self.yes_no_logits(sub, cands[:, start : start + per_chunk],
-                                               speed=speed, dense=dense)
+                                               speed=speed, shared_mask=shared)
                 parts.append(torch.softmax(logits.float(), dim=-1)[..., self.backbone.yes_id])
             blocks.append(torch.cat(parts, dim=1))
         return torch.cat(blocks, dim=0)

@@ -35,7 +35,10 @@ class Speed:
     one (B, C, T, d) copy; ``where`` is the original four ``torch.where`` passes (four copies).
     ``bucket``: score instances grouped by prompt length — instances whose lengths fall in the
     same ``bucket``-token band are scored together, padded to the band's longest prompt (a
-    band of equal lengths needs no padding mask); 0 = off, None = 8 on CUDA, off on CPU.
+    band of equal lengths shares one mask, broadcast over its rows); 0 = off, None = 8 on
+    CUDA, off on CPU. ``pad_to``: pad each bucket's prompts to a multiple of this many
+    positions (16 keeps the bias aligned for CUDA's memory-efficient attention, which
+    otherwise pads and materialises it; costs the extra positions); 1 = no padding.
     ``chunk``: pointwise sequences per backbone call (None: the config's
     ``score_chunk`` on CPU, at least 4096 on CUDA). ``compile``: ``torch.compile`` the
     backbone pass with this mode (``reduce-overhead`` = CUDA graphs); off by default.
@@ -44,6 +47,7 @@ class Speed:
     runner: str = "auto"
     splice: str = "index"
     bucket: int | None = None
+    pad_to: int = 1
     chunk: int | None = None
     compile: str = "off"
 
@@ -55,6 +59,8 @@ class Speed:
                                   f"got {getattr(self, name)!r}")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"speed.chunk must be >= 1 or None, got {self.chunk}")
+        if self.pad_to < 1:
+            raise ConfigError(f"speed.pad_to must be >= 1, got {self.pad_to}")
         if self.bucket is not None and self.bucket < 0:
             raise ConfigError(f"speed.bucket must be >= 0 or None, got {self.bucket}")
 
