@@ -238,6 +238,60 @@ def agreement(scores: np.ndarray, reference: np.ndarray, top: int = TOP) -> dict
             "instances": int(scores.shape[0])}
 
 
+def spread(reference: np.ndarray, top: int = TOP) -> dict:
+    """How close the reference's candidates are: medians over instances of the relative
+    spread (max - min) / mean of P(Yes) and of the smallest gap between consecutive scores
+    in the top ``top`` + 1 (absolute and relative to the instance's mean). Random weights
+    give near-ties that any bf16 rounding reorders; a trained model spreads its scores."""
+    srt = -np.sort(-reference.astype(np.float64), axis=1)
+    k = min(top, srt.shape[1] - 1)
+    gaps = (srt[:, :k] - srt[:, 1 : k + 1]).min(axis=1)
+    mean = np.maximum(np.abs(reference).mean(axis=1), 1e-300)
+    return {"relative_spread_median": float(np.median((srt[:, 0] - srt[:, -1]) / mean)),
+            f"top{top}_min_gap_median": float(np.median(gaps)),
+            f"top{top}_min_gap_relative_median": float(np.median(gaps / mean)),
+            "p_yes_median": float(np.median(reference))}
+
+
+def agreement_on_run(run_dir: Path, levers: list[Lever], args: argparse.Namespace,
+                     device: torch.device) -> dict:
+    """Agreement of each gensr scoring lever with the fp32 path on a trained run's test
+    instances (its own weights and stored candidates); compiled levers are left out."""
+    from gensr.data.batching import eval_instances
+    from gensr.errors import ConfigError
+    from gensr.runs import load_run
+
+    model, data = load_run(run_dir, device=device)
+    if model.name != "gensr":
+        raise SystemExit(f"--agree-run: {run_dir} holds a {model.name} run, not gensr")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    table = eval_instances(data, "test", max_instances=args.agree_instances, seed=args.seed)
+    batches = [b.to(device) for b in table.batches(data, args.instances,
+                                                   model.config.max_his_len)]
+
+    def scores(lever: Lever) -> np.ndarray:
+        model.set_precision("fp32")
+        model.load_state_dict(state, strict=False)
+        model.eval()
+        model.speed = lever.speed
+        model.set_precision(lever.precision)
+        with torch.inference_mode():
+            return np.concatenate([model.score(b).float().cpu().numpy() for b in batches])
+
+    reference = scores(Lever("fp32", "gensr", "fp32", Speed.plain()))
+    rows = []
+    for lever in levers:
+        if lever.way != "gensr" or lever.speed.compile != "off":
+            continue
+        try:
+            rows.append({"lever": lever.name, "agreement": agreement(scores(lever), reference)})
+        except ConfigError as err:  # e.g. the fused pass on a backbone that is not a T5
+            rows.append({"lever": lever.name, "agreement": None, "skipped": str(err)})
+    return {"run": str(run_dir), "backbone": model.config.backbone,
+            "instances": int(len(table)), "reference": "gensr fp32 (Speed.plain())",
+            "spread": spread(reference), "rows": rows}
+
+
 # --- timing --------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -290,6 +344,7 @@ def scoring_levers(args: argparse.Namespace, device: torch.device) -> list[Lever
              ("+ single-copy splice", "bf16", {"splice": "index"}),
              ("+ fused T5 pass (SDPA, one bias/batch)", "bf16", {"runner": "fused"}),
              ("+ length buckets (8 tokens)", "bf16", {"bucket": 8}),
+             ("+ buckets padded to 16 positions", "bf16", {"pad_to": 16}),
              (f"+ {args.chunk} sequences per call", "bf16", {"chunk": args.chunk})]
     if args.compile:
         steps.append(("+ torch.compile", "bf16", {"compile": "default"}))
@@ -464,7 +519,8 @@ def run(args: argparse.Namespace) -> dict:
     lengths = torch.cat([model.encode_history(b).prompt_mask.sum(dim=1) for b in batches])
 
     scoring, reference = [], None
-    for lever in scoring_levers(args, device):
+    levers = scoring_levers(args, device)
+    for lever in levers:
         if args.verbose:
             print(f"scoring: {lever.name}", flush=True)
         row, scores = run_scoring(model, lever, batches, agree, reference, fp32_state,
@@ -472,6 +528,7 @@ def run(args: argparse.Namespace) -> dict:
         if lever.way == "reference":
             reference = scores
         scoring.append(row)
+    agree_run = agreement_on_run(args.agree_run, levers, args, device) if args.agree_run else None
     training = []
     if args.train_steps > 0:
         for lever in training_levers(args, device):
@@ -512,6 +569,8 @@ def run(args: argparse.Namespace) -> dict:
                          "2*d*2i + 2*t*d*2i + 4*t*i + 2*d*f*g; head 2*d*V; i = heads*d_kv, "
                          "g = 3 (gated FFN) or 2; training = 3x forward",
         "scoring": scoring, "training": training,
+        "agreement_spread": spread(reference) if reference is not None else None,
+        "agreement_run": agree_run,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "gensr": gensr.__version__,
                     "cuda": torch.version.cuda, "cpus": os.cpu_count(),
@@ -539,7 +598,7 @@ def train_cells(row: dict) -> list[str]:
             _fmt(row["peak_memory_gib"], ".1f")]
 
 
-SCORE_HEAD = ("scoring", "precision", "cand/s", "MFU %", "max |dP|", f"top-{TOP} same",
+SCORE_HEAD = ("scoring", "precision", "cand/s", "MFU %", "max abs dP", f"top-{TOP} same",
               "GiB")
 TRAIN_HEAD = ("training", "precision", "ex/s", "MFU %", "GiB")
 
@@ -592,12 +651,32 @@ def markdown(result: dict) -> str:
                   "|---|---|" + "---:|" * (len(TRAIN_HEAD) - 2)]
         lines += ["| " + " | ".join(train_cells(r)) + " |" for r in result["training"]]
     peak = result["peak_bf16_tflops"]
-    lines += ["", f"MFU: model FLOPs/s over {peak} TFLOP/s dense bf16 ({result['peak_source']})"
-              if peak else "MFU: no peak known for this device (give --peak-tflops)",
-              f"; FLOPs: {result['flops_formula']}. Agreement: against the reference's fp32 "
-              f"P(Yes) on {inp['agree_instances']} instances x {inp['candidates']} candidates; "
-              f"top-{TOP} same = share of instances whose top {TOP} come in the identical "
-              "order."]
+    mfu = (f"MFU: model FLOPs/s over {peak} TFLOP/s dense bf16 ({result['peak_source']})"
+           if peak else "MFU: no peak known for this device (give --peak-tflops)")
+    lines += ["", f"{mfu}; FLOPs: {result['flops_formula']}. Agreement: against the "
+              f"reference's fp32 P(Yes) on {inp['agree_instances']} instances x "
+              f"{inp['candidates']} candidates (max abs dP = largest absolute difference in "
+              f"P(Yes)); top-{TOP} same = share of instances whose top {TOP} come in the "
+              "identical order. GiB = peak CUDA memory allocated."]
+    sp = result.get("agreement_spread")
+    if sp:
+        lines += ["", f"Reference scores (random weights): median P(Yes) {sp['p_yes_median']:.3g}, "
+                  f"median relative spread within an instance {sp['relative_spread_median']:.3g}, "
+                  f"median smallest gap in the top {TOP + 1} {sp[f'top{TOP}_min_gap_median']:.3g} "
+                  f"({sp[f'top{TOP}_min_gap_relative_median']:.2g} of the mean): near-ties that "
+                  "bf16 rounding can reorder."]
+    run = result.get("agreement_run")
+    if run:
+        lines += ["", f"Agreement with fp32 on the run `{run['run']}` (backbone "
+                  f"`{run['backbone']}`, {run['instances']} test instances):", "",
+                  f"| lever | max abs dP | mean abs dP | top-{TOP} same | top-1 same |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in run["rows"]:
+            a = row["agreement"] or {}
+            lines.append(f"| {row['lever']} | {_fmt(a.get('max_abs_dp'), '.1e')} | "
+                         f"{_fmt(a.get('mean_abs_dp'), '.1e')} | "
+                         f"{_fmt(a.get(f'top{TOP}_identical_share'), '.2f')} | "
+                         f"{_fmt(a.get('top1_identical_share'), '.2f')} |")
     if result.get("note"):
         lines += ["", result["note"]]
     return "\n".join(lines) + "\n"
@@ -635,6 +714,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Add torch.compile rows (default: on CUDA).")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="Add a CUDA-graphs row (torch.compile mode reduce-overhead).")
+    ap.add_argument("--agree-run", type=Path, default=None,
+                    help="Also measure each lever's agreement with fp32 on this trained GenSR "
+                         "run's test instances (random weights give near-tied scores).")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="Dense bf16 peak for MFU when the GPU name is not in the table.")
     ap.add_argument("--seed", type=int, default=0)
