@@ -339,13 +339,15 @@ class GenSR(SRModel):
         enc = self.encode_history(batch)
         if not speed.bucket:
             return self._score_group(enc, batch.candidates, speed, shared=False)
-        lengths = enc.prompt_mask.sum(dim=1)
+        lengths = enc.prompt_mask.sum(dim=1).cpu()  # one sync; the grouping is host work
         band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
-        out = torch.empty(batch.candidates.shape, dtype=torch.float, device=lengths.device)
+        device = enc.prompt_ids.device
+        out = torch.empty(batch.candidates.shape, dtype=torch.float, device=device)
         for value in torch.unique(band).tolist():
-            rows = torch.nonzero(band == value).squeeze(1)
-            longest = int(lengths[rows].max())
-            shared = bool((lengths[rows] == longest).all())
+            picked = torch.nonzero(band == value).squeeze(1)
+            longest = int(lengths[picked].max())
+            shared = bool((lengths[picked] == longest).all())
+            rows = picked.to(device)
             sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
                 enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
             out[rows] = self._score_group(sub, batch.candidates[rows], speed, shared=shared)
