@@ -46,3 +46,15 @@ def tiny_cf_path(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cf") / "cf.safetensors"
     pretrain_cf(tiny_data, out, epochs=30, min_epochs=1, dim=16, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and shared CPUs do not oversubscribe); use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

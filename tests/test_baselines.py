@@ -23,12 +23,7 @@ from gensr.train import TrainConfig, fit
 T, F_ = True, False
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unisar(data, **kw) -> UniSAR:

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -44,12 +43,7 @@ TINY = {
 ALL = "gensr,unisar,sasrec,tem,disc,pop,bm25"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _yaml(path, doc) -> str:

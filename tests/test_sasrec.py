@@ -12,13 +12,7 @@ from gensr.models import model_class
 from gensr.models.baselines.sasrec import SASRec, SASRecConfig
 from gensr.train import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(data, **kw) -> SASRec:

@@ -20,13 +20,7 @@ from gensr.train.loop import warmup_linear
 SMALL = ["model.hidden=32", "model.n_layers=1", "model.max_his_len=20"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and shared CPUs do not oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _quiet(_: str) -> None:

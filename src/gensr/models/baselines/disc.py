@@ -39,9 +39,8 @@ from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
 from gensr.models.gensr.configuration import REC_TEMPLATE, SRC_TEMPLATE
-from gensr.models.gensr.modeling import GenSR, info_nce
-from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
-from gensr.models.gensr.views import CFView, SemanticView
+from gensr.models.gensr.modeling import GenSR, build_views, info_nce
+from gensr.models.gensr.soft_filter import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
 N_SLOTS = 5  # cf history, sem history, cf candidate, sem candidate, query
@@ -104,17 +103,8 @@ class DiscriminativeTwin(SRModel):
         self.register_buffer("query_tokens", GenSR._token_table(
             self.tokenizer, data.query_text, config.max_query_tokens), persistent=False)
         cf = cf_table if cf_table is not None else self._load_cf(config, data)
-        if cf.shape[0] != data.n_items + 1:
-            raise ConfigError(f"CF table has {cf.shape[0]} rows, the data {data.n_items + 1}")
-        self.cf_view = CFView(cf, config.max_his_len, config.view_layers, config.view_heads,
-                              config.view_dropout)
-        self.semantic_view = SemanticView(d, config.max_his_len * config.item_text_tokens,
-                                          config.view_layers, config.view_heads,
-                                          config.view_dropout)
-        self.cf_filter = SoftFilter(self.cf_view.dim, config.filter_heads,
-                                    config.filter_value_projection)
-        self.sem_filter = SoftFilter(d, config.filter_heads, config.filter_value_projection)
-        self.cf_projection = nn.Linear(self.cf_view.dim, d)
+        (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
+         self.cf_projection) = build_views(config, cf, data.n_items, d)
         self.slot = nn.Embedding(N_SLOTS, d)
         nn.init.normal_(self.slot.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(d, config.encoder_heads, config.encoder_ff,

@@ -12,9 +12,7 @@ positive against the sampled negatives, positives and negatives weighted equally
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +20,10 @@ from torch import nn
 
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
-from gensr.models.baselines.unisar import build_vocabulary, word_table
+from gensr.models.baselines.words import WordVocabularyArtifacts, build_vocabulary, word_table
 from gensr.models.gensr.soft_filter import masked_mean
-
-VOCAB_FILE = "tem_words.json"
 
 
 @dataclass
@@ -46,10 +42,11 @@ class TEMConfig(ModelConfig):
     init_std: float = 0.02
 
 
-class TEM(SRModel):
+class TEM(WordVocabularyArtifacts, SRModel):
     """Transformer over [query, history items]; the query position's output ranks items."""
 
     name = "tem"
+    vocab_file = "tem_words.json"
     config_class = TEMConfig
     tasks = ("src",)
 
@@ -88,18 +85,6 @@ class TEM(SRModel):
                 if module.padding_idx is not None:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
-
-    @classmethod
-    def build(cls, config: TEMConfig, data: SRData, artifacts: Path | None = None) -> TEM:
-        vocabulary = None
-        if artifacts is not None and (artifacts / VOCAB_FILE).exists():
-            vocabulary = json.loads((artifacts / VOCAB_FILE).read_text())
-            if not isinstance(vocabulary, list):
-                raise RunError(f"{artifacts / VOCAB_FILE}: expected a list of words")
-        return cls(config, data, vocabulary=vocabulary)
-
-    def save_artifacts(self, directory: Path) -> None:
-        (directory / VOCAB_FILE).write_text(json.dumps(self.vocabulary))
 
     def query_vectors(self, queries: torch.Tensor) -> torch.Tensor:
         """tanh(W mean(word embeddings) + b) of query ids (B,)."""

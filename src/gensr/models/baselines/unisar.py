@@ -30,10 +30,8 @@ Where the paper and its public code leave a choice, README "Baselines" lists wha
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +39,12 @@ from torch import nn
 
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
-from gensr.data.text import analyze
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
+from gensr.models.baselines.words import WordVocabularyArtifacts, build_vocabulary, word_table
 from gensr.models.gensr.soft_filter import masked_mean
 
 REC, SRC = 1, 2  # Batch.hist_behaviour codes
-VOCAB_FILE = "unisar_words.json"
-
-
 @dataclass
 class UniSARConfig(ModelConfig):
     """UniSAR's settings; defaults are its published Amazon settings where they exist."""
@@ -311,27 +306,6 @@ class PLE(nn.Module):
         return self.towers[task]((gate[..., None] * stacked).sum(1))
 
 
-def build_vocabulary(data: SRData, with_items: bool) -> list[str]:
-    """Sorted analysed words of every query (and item text): id = position + 1."""
-    words: set[str] = set()
-    for text in data.query_text[1:]:
-        words.update(analyze(text))
-    if with_items:
-        for text in data.item_text[1:]:
-            words.update(analyze(text))
-    return sorted(words)
-
-
-def word_table(texts: list[str], index: dict[str, int], width: int) -> torch.Tensor:
-    """(len(texts), width) word ids of each text (first ``width`` known words, 0-padded)."""
-    table = torch.zeros((len(texts), width), dtype=torch.long)
-    for row, text in enumerate(texts):
-        ids = [index[w] for w in analyze(text) if w in index][:width]
-        if ids:
-            table[row, : len(ids)] = torch.tensor(ids)
-    return table
-
-
 @dataclass
 class HistoryState:
     """The candidate-independent part of UniSAR for a batch (also what the tests inspect)."""
@@ -351,10 +325,11 @@ class HistoryState:
     src_fused: torch.Tensor  # (B, Ls, d) src history after reading the rec->src transitions
 
 
-class UniSAR(SRModel):
+class UniSAR(WordVocabularyArtifacts, SRModel):
     """UniSAR: rec/src/global transformers, transition fusion, alignment, PLE (see module)."""
 
     name = "unisar"
+    vocab_file = "unisar_words.json"
     config_class = UniSARConfig
 
     def __init__(self, config: UniSARConfig, data: SRData, *,
@@ -418,20 +393,6 @@ class UniSAR(SRModel):
                     with torch.no_grad():
                         emb.weight[emb.padding_idx].zero_()
         nn.init.xavier_normal_(self.rec_query)
-
-    # --- persistence -----------------------------------------------------------------------
-    @classmethod
-    def build(cls, config: UniSARConfig, data: SRData, artifacts: Path | None = None
-              ) -> UniSAR:
-        vocabulary = None
-        if artifacts is not None and (artifacts / VOCAB_FILE).exists():
-            vocabulary = json.loads((artifacts / VOCAB_FILE).read_text())
-            if not isinstance(vocabulary, list):
-                raise RunError(f"{artifacts / VOCAB_FILE}: expected a list of words")
-        return cls(config, data, vocabulary=vocabulary)
-
-    def save_artifacts(self, directory: Path) -> None:
-        (directory / VOCAB_FILE).write_text(json.dumps(self.vocabulary))
 
     # --- inputs ----------------------------------------------------------------------------
     def _mean_words(self, ids: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,22 @@ def load_cf_table(config: GenSRConfig, data: SRData) -> torch.Tensor:
     return CFTable.load(config.cf_path, data).item
 
 
+def build_views(config, cf: torch.Tensor, n_items: int, width: int
+                ) -> tuple[CFView, SemanticView, SoftFilter, SoftFilter, nn.Linear]:
+    """The two history views (Eq. 3-4), their soft filters (Eq. 5-6) and the projection of
+    CF vectors to ``width``, from the view/filter fields that GenSR and its discriminative
+    twin share (``max_his_len``, ``view_*``, ``item_text_tokens``, ``filter_*``)."""
+    if cf.shape[0] != n_items + 1:
+        raise ConfigError(f"CF table has {cf.shape[0]} rows, the data {n_items + 1}")
+    cf_view = CFView(cf, config.max_his_len, config.view_layers, config.view_heads,
+                     config.view_dropout)
+    semantic_view = SemanticView(width, config.max_his_len * config.item_text_tokens,
+                                 config.view_layers, config.view_heads, config.view_dropout)
+    cf_filter = SoftFilter(cf_view.dim, config.filter_heads, config.filter_value_projection)
+    sem_filter = SoftFilter(width, config.filter_heads, config.filter_value_projection)
+    return cf_view, semantic_view, cf_filter, sem_filter, nn.Linear(cf_view.dim, width)
+
+
 class GenSR(SRModel):
     """The generative S&R model. See the module docstring and METHOD.md for the equations."""
 
@@ -110,17 +126,9 @@ class GenSR(SRModel):
         self.query_tokens = [row[row != self.backbone.pad_id] for row in query_table]
 
         cf = cf_table if cf_table is not None else load_cf_table(config, data)
-        if cf.shape[0] != data.n_items + 1:
-            raise ConfigError(f"CF table has {cf.shape[0]} rows, the data {data.n_items + 1}")
-        self.cf_view = CFView(cf, config.max_his_len, config.view_layers, config.view_heads,
-                              config.view_dropout)
-        self.semantic_view = SemanticView(d_model, config.max_his_len * config.item_text_tokens,
-                                          config.view_layers, config.view_heads,
-                                          config.view_dropout)
-        self.cf_filter = SoftFilter(self.cf_view.dim, config.filter_heads,
-                                    config.filter_value_projection)
-        self.sem_filter = SoftFilter(d_model, config.filter_heads, config.filter_value_projection)
-        self.cf_projection = nn.Linear(self.cf_view.dim, d_model)  # CF vectors -> d_model
+        # CF vectors are projected to d_model before the prompt
+        (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
+         self.cf_projection) = build_views(config, cf, data.n_items, d_model)
         self.prompts = PromptBuilder(
             tok,
             PromptTemplate.parse(config.rec_template, plural=config.domain_plural,
