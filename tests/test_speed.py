@@ -26,6 +26,7 @@ from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.speed import Speed, resolve_precision
 from gensr.runs import prepare_inference
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(backbone="scratch-t5", scratch_d_model=32, scratch_heads=2, scratch_d_ff=64,
              scratch_layers=2, scratch_decoder_layers=1, scratch_vocab_size=600,
