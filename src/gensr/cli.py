@@ -149,13 +149,19 @@ def evaluate_cmd(
     save_scores: Path | None = typer.Option(None, help="Write every instance's scores "
                                                "(Parquet)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
+    precision: str = typer.Option(
+        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
+                     "fp32 (docs/speed.md)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
+        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
 ) -> None:
     """Evaluate a trained run or a reference scorer on the stored candidates."""
     from gensr.eval.runner import evaluate_run
 
     evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
-                 device=device, console=console)
+                 device=device, console=console, precision=precision, fast_path=fast_path)
 
 
 # --- comparison --------------------------------------------------------------------------
@@ -178,12 +184,19 @@ def compare_cmd(
                                              "eval.max_instances)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     progress: bool = typer.Option(True, help="Show evaluation progress bars."),
+    precision: str = typer.Option(
+        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
+                     "fp32 (docs/speed.md)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
+        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
 ) -> None:
     """Train (or reuse) and evaluate models on the same candidates; write the comparison."""
     from gensr.compare import compare
 
     compare(data, models, out, config_path=config, cf_path=cf, seeds=seeds,
             max_instances=max_instances, device=device, progress=progress,
+            precision=precision, fast_path=fast_path,
             log=lambda s: console.print(s, highlight=False, soft_wrap=True), console=console)
 
 
@@ -255,6 +268,12 @@ def rank_cmd(
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    precision: str = typer.Option(
+        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
+                     "fp32 (docs/speed.md)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
+        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
 ) -> None:
     """Rank candidates for one user history (original item ids) and print the ranking."""
     import json
@@ -272,7 +291,8 @@ def rank_cmd(
         if not candidates:
             raise ConfigError("--candidates is required (or --request FILE)")
         hist, cands = parse_history(history), parse_candidates(candidates)
-    ranker = Ranker.from_run(run_dir, data=data, device=device)
+    ranker = Ranker.from_run(run_dir, data=data, device=device, precision=precision,
+                             fast_path=fast_path)
     ranking = ranker.rank(hist, cands, query=query, top_k=top_k)
     if as_json:
         print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
@@ -317,6 +337,12 @@ def serve_cmd(
         None, min=1, help="torch CPU threads (default: torch's; 1 is often best on a busy "
                           "machine)."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug logs requests)."),
+    precision: str = typer.Option(
+        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
+                     "fp32 (docs/speed.md)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
+        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, GET /v1/model, GET /healthz (see docs)."""
     from gensr.serve.ranker import Limits
@@ -326,7 +352,8 @@ def serve_cmd(
           device=device, limits=Limits(max_candidates=max_candidates,
                                        max_query_chars=max_query_chars),
           max_batch=max_batch, window_ms=window_ms, max_queue=max_queue,
-          max_body_bytes=max_body_bytes, threads=threads, log_level=log_level)
+          max_body_bytes=max_body_bytes, threads=threads, log_level=log_level,
+          precision=precision, fast_path=fast_path)
 
 # --- analyses (gensr analyze …) ----------------------------------------------------------
 analyze_app = typer.Typer(

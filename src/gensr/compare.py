@@ -56,8 +56,9 @@ from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import evaluate_table
 from gensr.eval.tables import TABLE_METRICS, Cell, to_markdown
 from gensr.models.base import ModelConfig
+from gensr.models.gensr.speed import resolve_precision
 from gensr.models.registry import MODELS, model_class
-from gensr.runs import load_run, pick_device, read_run_info
+from gensr.runs import load_run, pick_device, prepare_inference, read_run_info
 from gensr.train import TrainConfig, train_run
 from gensr.train.checkpoint import LAST
 
@@ -275,13 +276,18 @@ def evaluation_table(data: SRData, settings: EvalSettings) -> InstanceTable:
 
 def evaluate_for_compare(run_dir: Path, info: dict[str, Any], data: SRData,
                          table: InstanceTable, settings: EvalSettings, *,
-                         device: str | None, progress: bool) -> tuple[dict[str, Any], float, bool]:
+                         device: str | None, progress: bool, precision: str = "auto",
+                         fast_path: bool = True) -> tuple[dict[str, Any], float, bool]:
     """Metrics of the run on ``table`` (cached in ``RUN_DIR/compare_eval.json`` for the same
-    run state and settings). Returns (metrics, seconds, cached)."""
+    run state and settings). GenSR scores in ``precision`` (auto: bf16 on CUDA) with the
+    fast path unless ``fast_path`` is False. Returns (metrics, seconds, cached)."""
     signature = {"settings": dataclasses.asdict(settings),
                  "n_instances": len(table),
                  "run": {k: info.get(k) for k in ("status", "steps", "best_step")},
                  "data_fingerprint": data.fingerprint}
+    used = resolve_precision(precision, pick_device(device))
+    if info.get("model") == "gensr" and used != "fp32":  # fp32 keeps earlier caches valid
+        signature["precision"] = used
     cache = run_dir / EVAL_FILE
     if cache.exists():
         stored = json.loads(cache.read_text())
@@ -289,6 +295,7 @@ def evaluate_for_compare(run_dir: Path, info: dict[str, Any], data: SRData,
             return stored["metrics"], float(stored["time_s"]), True
     start = time.time()
     model, _ = load_run(run_dir, data, device)
+    prepare_inference(model, precision, fast_path)
     keep = np.isin(table.task, [TASK_INDEX[t] for t in model.tasks])
     metrics = evaluate_table(model, data, table.subset(np.nonzero(keep)[0]),
                              batch_size=settings.batch_size, ties=settings.ties,  # type: ignore[arg-type]
@@ -422,12 +429,16 @@ def compare(
     progress: bool = True,
     log: Callable[[str], None] = print,
     console: Any = None,
+    precision: str = "auto",
+    fast_path: bool = True,
 ) -> dict[str, Any]:
     """Train (or reuse), evaluate and tabulate ``models`` on ``data_dir``; see the module.
+    ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`).
 
     Returns the report written to ``OUT/compare.json``."""
     started = time.time()
     names = parse_models(models)
+    resolve_precision(precision, pick_device(device))  # a bad value fails before any training
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     config = load_compare_config(config_path)
@@ -463,7 +474,9 @@ def compare(
             action, info = ensure_run(plan, seed, run_dir, data, device=device, log=log)
             metrics, eval_s, cached = evaluate_for_compare(run_dir, info, data, table,
                                                            config.eval, device=device,
-                                                           progress=progress)
+                                                           progress=progress,
+                                                           precision=precision,
+                                                           fast_path=fast_path)
             trained = bool(info.get("trained"))
             train_s = float(info.get("wall_time_s") or 0.0)
             shown = "  ".join(f"{t} R@10 {m['R@10']:.4f} N@10 {m['N@10']:.4f}"
@@ -493,6 +506,8 @@ def compare(
         "config_file": str(Path(config_path).resolve()) if config_path else None,
         "table_metrics": list(TABLE_METRICS),
         "device": str(pick_device(device)),
+        "gensr_scoring": {"precision": resolve_precision(precision, pick_device(device)),
+                          "fast_path": fast_path},
         "torch": torch.__version__,
         "gensr": gensr.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -57,3 +57,21 @@ def load_run(
     model = model_class(card["model"]).from_pretrained(run_dir, data)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     return model.to(dev).eval(), data
+
+
+def prepare_inference(model: SRModel, precision: str = "auto", fast_path: bool = True) -> str:
+    """Set a loaded model up for scoring; returns the precision it now scores in.
+
+    GenSR: its backbone weights in ``precision`` (``auto`` = bf16 on a CUDA device that
+    supports it, else fp32) and, with ``fast_path``, its automatic speed levers (the fused T5
+    pass, length buckets and larger chunks on CUDA; the original path on CPU) — without,
+    the original path everywhere (docs/speed.md). Other models are small and score in fp32.
+    """
+    from gensr.models.gensr.speed import Speed, resolve_precision
+
+    set_precision = getattr(model, "set_precision", None)
+    if set_precision is None:
+        resolve_precision(precision, model.device)  # the value is still checked
+        return "fp32"
+    model.speed = Speed() if fast_path else Speed.plain()  # type: ignore[assignment]
+    return set_precision(precision)

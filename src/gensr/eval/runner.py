@@ -12,7 +12,7 @@ from gensr.errors import ConfigError
 from gensr.eval.protocol import evaluate, evaluate_full
 from gensr.eval.tables import print_table
 from gensr.models.registry import model_class
-from gensr.runs import load_run, pick_device
+from gensr.runs import load_run, pick_device, prepare_inference
 
 
 def evaluate_run(
@@ -28,8 +28,13 @@ def evaluate_run(
     save_scores: Path | None = None,
     device: str | None = None,
     console: Console | None = None,
+    precision: str = "auto",
+    fast_path: bool = True,
 ) -> dict:
-    """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``."""
+    """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``.
+
+    ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`;
+    auto = bf16 and the fast path on CUDA, fp32 and the original path on CPU)."""
     console = console or Console()
     if (run_dir is None) == (model is None):
         raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
@@ -43,6 +48,7 @@ def evaluate_run(
         if cls.trainable:
             raise ConfigError(f"{model} needs training: run `gensr train --model {model}` first")
         net = cls(cls.config_class(), dataset).to(pick_device(device))
+    used = prepare_inference(net, precision, fast_path)
     if full:
         metrics = evaluate_full(net, dataset, split, batch_size=batch_size)
     else:
@@ -50,7 +56,9 @@ def evaluate_run(
                            max_instances=max_instances, scores_out=save_scores)
     name = f"{net.name}{' (full)' if full else ''}"
     print_table({name: metrics}, metrics=("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20"),
-                title=f"{dataset.name} {split}", console=console)
+                title=f"{dataset.name} {split}"
+                      + (f" ({used}{'' if fast_path else ', original path'})"
+                         if net.name == "gensr" else ""), console=console)
     if run_dir is not None:
         out = Path(run_dir) / f"metrics_{split}{'_full' if full else ''}.json"
         out.write_text(json.dumps(metrics, indent=2))

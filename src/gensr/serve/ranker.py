@@ -136,11 +136,18 @@ class Ranker:
     """Ranks candidates with a loaded model. Thread-safe: scoring is serialised by a lock."""
 
     def __init__(self, model: SRModel, data: SRData, *, limits: Limits | None = None,
-                 run_dir: str | Path | None = None, batch_size: int = 64) -> None:
+                 run_dir: str | Path | None = None, batch_size: int = 64,
+                 precision: str = "auto", fast_path: bool = True) -> None:
+        """``precision``/``fast_path``: how GenSR scores (auto: bf16 and the fast path on
+        CUDA, fp32 and the original path on CPU; see :func:`gensr.runs.prepare_inference`)."""
+        from gensr.runs import prepare_inference
+
         if model.data_fingerprint != data.fingerprint:
             raise RunError(f"the model was trained on data {model.data_fingerprint}, "
                            f"not {data.fingerprint}: item ids would not match")
         self.model = model.eval()
+        self.precision = prepare_inference(model, precision, fast_path)
+        self.fast_path = bool(fast_path)
         self.data = data
         self.limits = limits or Limits()
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -152,12 +159,14 @@ class Ranker:
     @classmethod
     def from_run(cls, run_dir: str | Path, *, data: SRData | str | Path | None = None,
                  device: str | torch.device | None = None, limits: Limits | None = None,
-                 batch_size: int = 64) -> Ranker:
+                 batch_size: int = 64, precision: str = "auto",
+                 fast_path: bool = True) -> Ranker:
         """Load ``RUN_DIR``'s model (GenSR or any baseline) and its data (``run.json``)."""
         from gensr.runs import load_run
 
         model, dataset = load_run(run_dir, data, device)
-        return cls(model, dataset, limits=limits, run_dir=run_dir, batch_size=batch_size)
+        return cls(model, dataset, limits=limits, run_dir=run_dir, batch_size=batch_size,
+                   precision=precision, fast_path=fast_path)
 
     # --- facts --------------------------------------------------------------------------
     @property
@@ -195,6 +204,8 @@ class Ranker:
             "data": {"name": self.data.name, "fingerprint": self.data.fingerprint,
                      "n_items": self.data.n_items, "n_queries": self.data.n_queries},
             "max_his_len": self.max_his_len,
+            "precision": self.precision,
+            "fast_path": self.fast_path,
             "limits": dataclasses.asdict(self.limits),
             "config": config,
             "metrics": metrics,

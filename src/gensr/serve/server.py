@@ -71,12 +71,15 @@ def serve(
     threads: int | None = None,
     log_level: str = "info",
     graceful_timeout: float = 10.0,
+    precision: str = "auto",
+    fast_path: bool = True,
 ) -> None:
     """Serve ``run_dir``'s model on ``host:port`` until SIGINT/SIGTERM.
 
     Shutdown is graceful: uvicorn stops accepting connections, requests in flight finish
     (for at most ``graceful_timeout`` seconds), then the batcher drains and stops.
     ``threads`` sets torch's CPU threads for the process (default: torch's choice).
+    ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`).
     """
     check_bind(host, api_key, insecure)
     require_serve_extra()
@@ -89,7 +92,7 @@ def serve(
     from gensr.serve.app import ServeSettings, create_app
 
     ranker = Ranker.from_run(run_dir, data=data, device=device, limits=limits,
-                             batch_size=max_batch)
+                             batch_size=max_batch, precision=precision, fast_path=fast_path)
     settings = ServeSettings(api_key=api_key or None, max_batch=max_batch, window_ms=window_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes)
     app = create_app(ranker, settings)

@@ -6,10 +6,16 @@ soft-filter each view with the candidate (:class:`SoftFilter`), splice the two f
 vectors and the two candidate vectors into the task's prompt (:class:`PromptBuilder`) as
 ``inputs_embeds``, and read P("Yes") from the first decoder step. Training: NLL of "Yes"/"No"
 (Eq. 9) + λ · symmetric InfoNCE between the filtered CF and semantic history vectors (Eq. 10).
+
+How fast the backbone pass runs is set by :attr:`GenSR.speed` (:class:`Speed`: the fused T5
+pass, length buckets, chunk size, compilation) and :meth:`GenSR.set_precision` (bf16 backbone
+weights); on CPU the defaults are the original path (docs/speed.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +27,13 @@ from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
-from gensr.models.gensr.backbone import Backbone, load_backbone
+from gensr.models.gensr.backbone import Backbone, Seq2SeqBackbone, load_backbone
 from gensr.models.gensr.backbones import LoraSettings
 from gensr.models.gensr.configuration import GenSRConfig
+from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
+from gensr.models.gensr.speed import DTYPES, Speed, resolve_precision
 from gensr.models.gensr.views import CFView, SemanticView
 
 
@@ -40,7 +48,7 @@ class HistoryEncoding:
     prompt_ids: torch.Tensor  # (B, T) with slot markers
     prompt_mask: torch.Tensor  # (B, T)
 
-    def select(self, index: torch.Tensor) -> HistoryEncoding:
+    def select(self, index: torch.Tensor | slice) -> HistoryEncoding:
         pick = (lambda x: None if x is None else x[index])  # noqa: E731
         return HistoryEncoding(pick(self.cf), pick(self.cf_mask), pick(self.sem),
                                pick(self.sem_mask), pick(self.prompt_ids),
@@ -129,6 +137,9 @@ class GenSR(SRModel):
                                  singular=config.domain_singular, needs_query=True),
             eos_id=self.backbone.eos_id, pad_id=self.backbone.pad_id,
         )
+        self.speed = Speed()  # runtime levers, not saved: see gensr.models.gensr.speed
+        self._fused: tuple[int, FusedT5] | None = None
+        self._compiled: dict[tuple[str, str], Callable] = {}
 
     @classmethod
     def build(cls, config: GenSRConfig, data: SRData, artifacts: Path | None = None) -> GenSR:
@@ -158,6 +169,56 @@ class GenSR(SRModel):
                 self.query_tokens.append(row[row != self.backbone.pad_id])
         return super().add_queries(texts)
 
+    # --- speed ----------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The backbone weights' precision: ``bf16`` or ``fp32``."""
+        dtype = self.backbone.core.get_input_embeddings().weight.dtype
+        return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+    def set_precision(self, precision: str = "auto") -> str:
+        """Cast the backbone's weights for inference: ``bf16``, ``fp32`` or ``auto`` (bf16 on
+        a CUDA device that supports it, else fp32). The history views, filters and
+        projections stay fp32 (they are small and run once per instance). Returns the
+        precision now in effect. For training keep fp32 weights (the trainer autocasts)."""
+        resolved = resolve_precision(precision, self.device)
+        self.backbone.to(DTYPES[resolved])
+        return resolved
+
+    def fused_runner(self) -> FusedT5 | None:
+        """The fused T5 pass over this backbone, or None when the backbone is not a T5."""
+        core = self.backbone.core
+        if self._fused is None or self._fused[0] != id(core):
+            runner = None
+            if isinstance(self.backbone, Seq2SeqBackbone) and FusedT5.supports(core):
+                runner = FusedT5(core, self.backbone.decoder_start_id)
+            self._fused = (id(core), runner)  # type: ignore[assignment]
+        return self._fused[1]  # type: ignore[index]
+
+    def resolved_speed(self) -> Speed:
+        """:attr:`speed` with its automatic values decided for this model's device."""
+        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        return self.speed.resolve(self.device, cfg.score_chunk, self.fused_runner() is not None)
+
+    def _logits_fn(self, speed: Speed) -> Callable:
+        """The backbone pass ``(embeds, mask, shared=…) -> (N, V)`` for ``speed``."""
+        key = (speed.runner, speed.compile)
+        if key in self._compiled:
+            return self._compiled[key]
+        if speed.runner == "fused":
+            runner = self.fused_runner()
+            assert runner is not None
+            fn = runner.first_step_logits
+        else:
+            backbone = self.backbone
+
+            def fn(embeds, mask, *, shared=False):  # the backbone's own forward
+                return backbone.first_step_logits(embeds, mask)
+        if speed.compile != "off":
+            fn = torch.compile(fn, mode=None if speed.compile == "default" else speed.compile)
+            self._compiled[key] = fn
+        return fn
+
     # --- the candidate-independent part ----------------------------------------------------
     def encode_history(self, batch: Batch) -> HistoryEncoding:
         """CF view (Eq. 3) and semantic view (Eq. 4) of each instance's history, + prompt ids."""
@@ -169,7 +230,8 @@ class GenSR(SRModel):
             tokens = self.item_tokens[batch.hist_item].flatten(1)  # (B, L*N)
             sem_mask = (tokens != self.backbone.pad_id) & mask.repeat_interleave(
                 cfg.item_text_tokens, dim=1)
-            sem = self.semantic_view(self.backbone.embed(tokens), sem_mask)
+            embedded = self.backbone.embed(tokens).to(self.semantic_view.position.weight.dtype)
+            sem = self.semantic_view(embedded, sem_mask)
         ids, prompt_mask = self.prompts.layout(batch.task, batch.query, self.query_tokens)
         return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask)
 
@@ -193,7 +255,8 @@ class GenSR(SRModel):
             out["cf_candidate"] = self.cf_projection(e_cf)
         if cfg.use_semantic_view:
             tokens = self.item_tokens[candidates]  # (B, C, N)
-            e_sem = masked_mean(self.backbone.embed(tokens), tokens != self.backbone.pad_id)
+            embedded = self.backbone.embed(tokens).to(self.sem_filter.key.weight.dtype)
+            e_sem = masked_mean(embedded, tokens != self.backbone.pad_id)
             if cfg.use_soft_filter:
                 h_sem = self.sem_filter(e_sem, enc.sem, enc.sem_mask)
             else:
@@ -202,27 +265,44 @@ class GenSR(SRModel):
             out["sem_candidate"] = e_sem
         return out
 
-    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor], *,
+                          splice: str = "index") -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7: the prompt's token embeddings with the four vectors spliced in, flattened to
-        (B*C, T, d) pointwise sequences, and their attention mask."""
+        (B*C, T, d) pointwise sequences, and their attention mask.
+
+        ``splice="index"`` writes the vectors into one copy of the prompt per candidate;
+        ``"where"`` (the original) makes four passes of ``torch.where``. Same values."""
         ids = enc.prompt_ids
         b, t = ids.shape
         c = vectors["cf_history"].shape[1]
         base = self.backbone.embed(ids.clamp(min=0))  # (B, T, d)
-        embeds = base[:, None].expand(b, c, t, base.shape[-1])
-        for k, slot in enumerate(VECTOR_SLOTS):
-            at = (ids == PromptBuilder.slot_marker(k))[:, None, :, None]  # (B, 1, T, 1)
-            embeds = torch.where(at, vectors[slot][:, :, None, :].to(embeds.dtype), embeds)
+        d = base.shape[-1]
+        if splice == "where":
+            embeds = base[:, None].expand(b, c, t, d)
+            for k, slot in enumerate(VECTOR_SLOTS):
+                at = (ids == PromptBuilder.slot_marker(k))[:, None, :, None]  # (B, 1, T, 1)
+                embeds = torch.where(at, vectors[slot][:, :, None, :].to(embeds.dtype), embeds)
+        else:
+            markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
+                                   device=ids.device)
+            where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
+            stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
+            embeds = base[:, None].expand(b, c, t, d).clone()
+            rows = torch.arange(b, device=ids.device)[:, None, None]
+            cols = torch.arange(c, device=ids.device)[None, :, None]
+            embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
         mask = enc.prompt_mask[:, None].expand(b, c, t)
         return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
 
-    def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor
+    def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor, *,
+                      speed: Speed | None = None, shared_mask: bool = False
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """First-step vocabulary log-probabilities (B, C, V) and the slot vectors."""
+        """First-step vocabulary log-probabilities (B, C, V) and the slot vectors.
+        ``shared_mask``: every prompt in ``enc`` has the same mask (a length bucket)."""
+        speed = speed or self.resolved_speed()
         vectors = self.slot_vectors(enc, candidates)
-        embeds, mask = self.prompt_embeddings(enc, vectors)
-        logits = self.backbone.first_step_logits(embeds, mask)
+        embeds, mask = self.prompt_embeddings(enc, vectors, splice=speed.splice)
+        logits = self._logits_fn(speed)(embeds, mask, shared=shared_mask)
         return logits.view(*candidates.shape, -1), vectors
 
     # --- analysis hooks ----------------------------------------------------------------------
@@ -260,15 +340,52 @@ class GenSR(SRModel):
         return ModelOutput(loss=loss, logs=logs)
 
     def score(self, batch: Batch) -> torch.Tensor:
-        """P("Yes") of every candidate: the history encoded once per instance, candidates
-        scored in chunks of at most ``score_chunk`` pointwise sequences."""
-        cfg: GenSRConfig = self.config  # type: ignore[assignment]
+        """P("Yes") of every candidate: the history encoded once per instance; with length
+        buckets (:attr:`speed`), instances grouped by prompt length; candidates scored in
+        chunks of at most ``chunk`` pointwise sequences."""
+        speed = self.resolved_speed()
         enc = self.encode_history(batch)
-        b, c = batch.candidates.shape
-        per_chunk = max(1, cfg.score_chunk // max(b, 1))
-        parts = []
-        for start in range(0, c, per_chunk):
-            cands = batch.candidates[:, start : start + per_chunk]
-            logits, _ = self.yes_no_logits(enc, cands)
-            parts.append(torch.softmax(logits.float(), dim=-1)[..., self.backbone.yes_id])
-        return torch.cat(parts, dim=1)
+        if not speed.bucket:
+            return self._score_group(enc, batch.candidates, speed, shared=False)
+        lengths = enc.prompt_mask.sum(dim=1).cpu()  # one sync; the grouping is host work
+        band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
+        device = enc.prompt_ids.device
+        out = torch.empty(batch.candidates.shape, dtype=torch.float, device=device)
+        for value in torch.unique(band).tolist():
+            picked = torch.nonzero(band == value).squeeze(1)
+            longest = int(lengths[picked].max())
+            shared = bool((lengths[picked] == longest).all())
+            rows = picked.to(device)
+            sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
+                enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
+            out[rows] = self._score_group(sub, batch.candidates[rows], speed, shared=shared)
+        return out
+
+    def _bucket_prompt(self, ids: torch.Tensor, mask: torch.Tensor, pad_to: int
+                       ) -> dict[str, torch.Tensor]:
+        """A bucket's prompt ids and mask, right-padded to a multiple of ``pad_to``."""
+        extra = -ids.shape[1] % pad_to
+        if extra:
+            ids = F.pad(ids, (0, extra), value=self.backbone.pad_id)
+            mask = F.pad(mask, (0, extra), value=False)
+        return {"prompt_ids": ids, "prompt_mask": mask}
+
+    def _score_group(self, enc: HistoryEncoding, candidates: torch.Tensor, speed: Speed,
+                     shared: bool) -> torch.Tensor:
+        """P("Yes") (B, C) in calls of at most ``speed.chunk`` sequences (at least one
+        candidate of each instance of a block of at most ``chunk`` instances)."""
+        b, c = candidates.shape
+        chunk = int(speed.chunk)  # type: ignore[arg-type]
+        blocks = []
+        for r0 in range(0, b, chunk):
+            rows = slice(r0, r0 + chunk)
+            sub = enc if b <= chunk else enc.select(rows)  # type: ignore[arg-type]
+            cands = candidates[rows]
+            per_chunk = max(1, chunk // max(cands.shape[0], 1))
+            parts = []
+            for start in range(0, c, per_chunk):
+                logits, _ = self.yes_no_logits(sub, cands[:, start : start + per_chunk],
+                                               speed=speed, shared_mask=shared)
+                parts.append(torch.softmax(logits.float(), dim=-1)[..., self.backbone.yes_id])
+            blocks.append(torch.cat(parts, dim=1))
+        return torch.cat(blocks, dim=0)

@@ -1,0 +1,149 @@
+"""GenSR's scoring pass through a T5, written out: one encoder pass, one decoder step.
+
+:class:`FusedT5` computes exactly what ``T5ForConditionalGeneration(inputs_embeds=…,
+decoder_input_ids=[[start]])`` computes for the first decoder step — it calls the model's own
+modules (layer norms, ``q``/``k``/``v``/``o``, feed-forward blocks, dropouts, LM head), so
+LoRA adapters and training work unchanged — but organises the pass for throughput:
+
+* **one attention bias per batch.** T5's relative-position bias (1, H, T, T) is computed
+  once and merged with the padding mask once (Hugging Face's SDPA path rebuilds the merged
+  (N, H, T, T) tensor in every layer); when every row has the same mask (GenSR's length
+  buckets) the merged bias stays (1, H, T, T), broadcast over the batch;
+* **SDPA** (``F.scaled_dot_product_attention`` with the bias as additive mask, scale 1):
+  no (N, H, T, T) fp32 score tensors in eager code; the memory-efficient kernel on CUDA;
+* **one decoder step, specialised:** the first decoder position attends to itself only, so
+  its self-attention is ``o(v(x))`` (softmax over one key is 1); no causal mask, no cache,
+  no ``generate``.
+
+``tests/test_speed.py`` checks the logits against the model's own forward (fp32, to 1e-5)
+and the gradients in training mode. Only T5-family models (T5 v1.0/v1.1, flan-t5, mT5)
+qualify (:meth:`FusedT5.supports`); other backbones keep their own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_T5_CLASSES = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
+
+
+def compute_dtype(x: torch.Tensor, fallback: torch.dtype) -> torch.dtype:
+    """The dtype matmuls produce here: the autocast dtype when autocast is on, else
+    ``fallback`` (the weights' dtype)."""
+    kind = x.device.type
+    try:
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    except TypeError:  # torch < 2.4: no device argument
+        if kind == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        if kind == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+    return fallback
+
+
+class FusedT5:
+    """The first decoder step of a Hugging Face T5 (see the module docstring).
+
+    Not an ``nn.Module``: it holds references to the model's modules, so moving or casting
+    the model moves and casts what it computes with.
+    """
+
+    def __init__(self, model: nn.Module, decoder_start_id: int) -> None:
+        if not self.supports(model):
+            raise TypeError(f"{type(model).__name__} is not a T5 encoder-decoder")
+        self.model = model
+        cfg = model.config
+        self.start_id = int(decoder_start_id)
+        self.dropout = float(cfg.dropout_rate)
+        scale = getattr(cfg, "scale_decoder_outputs", None)  # transformers >= 5
+        self.scale_output = bool(cfg.tie_word_embeddings if scale is None else scale)
+        self.d_model = int(cfg.d_model)
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether ``model`` is a T5-family encoder-decoder whose layout this class knows."""
+        if type(model).__name__ not in _T5_CLASSES:
+            return False
+        try:
+            first = model.encoder.block[0].layer[0].SelfAttention
+            dec = model.decoder.block[0]
+            return (first.has_relative_attention_bias and len(dec.layer) == 3
+                    and hasattr(dec.layer[1], "EncDecAttention")
+                    and model.get_output_embeddings() is not None)
+        except (AttributeError, IndexError, TypeError):
+            return False
+
+    # --- pieces ------------------------------------------------------------------------
+    def _attend(self, attn: nn.Module, x: torch.Tensor, kv: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """Multi-head attention of ``x`` over ``kv`` with an additive ``mask`` (bias)."""
+        n, t, _ = x.shape
+        h, dk = attn.n_heads, attn.key_value_proj_dim
+        q = attn.q(x).view(n, t, h, dk).transpose(1, 2)
+        k = attn.k(kv).view(n, -1, h, dk).transpose(1, 2)
+        v = attn.v(kv).view(n, -1, h, dk).transpose(1, 2)
+        p = self.dropout if attn.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
+        return attn.o(out.transpose(1, 2).reshape(n, t, h * dk))
+
+    def _self_attend_one(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention of a single position: the weight on its only key is 1."""
+        v = attn.v(x)
+        if attn.training and self.dropout > 0:  # dropout on that weight, per head
+            n, _, inner = v.shape
+            h = attn.n_heads
+            keep = F.dropout(v.new_ones(n, 1, h, 1), p=self.dropout, training=True)
+            v = (v.view(n, 1, h, inner // h) * keep).view(n, 1, inner)
+        return attn.o(v)
+
+    def encoder_bias(self, t: int, mask: torch.Tensor, shared: bool, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+        """The additive attention mask of every encoder layer: the relative-position bias
+        merged with the padding mask — (1, H, T, T) when ``shared`` (every row has row 0's
+        mask), else (N, H, T, T)."""
+        first = self.model.encoder.block[0].layer[0].SelfAttention
+        bias = first.compute_bias(t, t, device=device).to(dtype)
+        keep = (mask[:1] if shared else mask).bool()[:, None, None, :]
+        return torch.where(keep, bias, torch.finfo(dtype).min)
+
+    # --- the pass ----------------------------------------------------------------------
+    def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
+               shared: bool = False) -> torch.Tensor:
+        """The encoder's last hidden states (N, T, d)."""
+        enc = self.model.encoder
+        t = inputs_embeds.shape[1]
+        dtype = compute_dtype(inputs_embeds, self.model.get_input_embeddings().weight.dtype)
+        bias = self.encoder_bias(t, attention_mask, shared, dtype, inputs_embeds.device)
+        hidden = enc.dropout(inputs_embeds)
+        for block in enc.block:
+            sa = block.layer[0]
+            normed = sa.layer_norm(hidden)
+            hidden = hidden + sa.dropout(self._attend(sa.SelfAttention, normed, normed, bias))
+            hidden = block.layer[-1](hidden)  # T5LayerFF: norm, FFN, dropout, residual
+        return enc.dropout(enc.final_layer_norm(hidden))
+
+    def first_step_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
+                          shared: bool = False) -> torch.Tensor:
+        """Vocabulary logits (N, V) of the first decoder step. ``shared``: every row has the
+        same attention mask (row 0's), so the masks are built once, broadcast over rows."""
+        states = self.encode(inputs_embeds, attention_mask, shared=shared)
+        dec = self.model.decoder
+        n = states.shape[0]
+        dtype = compute_dtype(states, self.model.get_input_embeddings().weight.dtype)
+        keep = (attention_mask[:1] if shared else attention_mask).bool()[:, None, None, :]
+        cross = torch.where(keep, torch.zeros((), dtype=dtype, device=states.device),
+                            torch.finfo(dtype).min)  # (N or 1, 1, 1, T)
+        start = torch.full((n, 1), self.start_id, dtype=torch.long, device=states.device)
+        y = dec.dropout(dec.embed_tokens(start))
+        for block in dec.block:
+            sa, ca = block.layer[0], block.layer[1]
+            y = y + sa.dropout(self._self_attend_one(sa.SelfAttention, sa.layer_norm(y)))
+            y = y + ca.dropout(self._attend(ca.EncDecAttention, ca.layer_norm(y), states, cross))
+            y = block.layer[-1](y)
+        y = dec.dropout(dec.final_layer_norm(y))
+        if self.scale_output:
+            y = y * (self.d_model ** -0.5)
+        return self.model.lm_head(y[:, 0])
