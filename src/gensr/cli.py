@@ -32,6 +32,19 @@ def _parse_options(pairs: list[str] | None) -> dict[str, object]:
 
 
 # --- data ------------------------------------------------------------------------------
+
+def _precision_option():
+    """``--precision`` of the commands that score with GenSR."""
+    return typer.Option("auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on "
+                                     "CPU) | bf16 | fp32 (docs/speed.md).")
+
+
+def _fast_path_option():
+    """``--fast-path/--no-fast-path`` of the commands that score with GenSR."""
+    return typer.Option(True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA "
+                        "(fused T5 pass, length buckets, larger chunks); --no-fast-path runs "
+                        "the original path.")
+
 @data_app.command("prepare")
 def data_prepare(
     source: str = typer.Argument(..., help="synthetic | amazon | amazon-atomic | kuaisar | csv"),
@@ -149,12 +162,8 @@ def evaluate_cmd(
     save_scores: Path | None = typer.Option(None, help="Write every instance's scores "
                                                "(Parquet)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
-    precision: str = typer.Option(
-        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
-                     "fp32 (docs/speed.md)."),
-    fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
-        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
+    precision: str = _precision_option(),
+    fast_path: bool = _fast_path_option(),
 ) -> None:
     """Evaluate a trained run or a reference scorer on the stored candidates."""
     from gensr.eval.runner import evaluate_run
@@ -184,12 +193,8 @@ def compare_cmd(
                                              "eval.max_instances)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     progress: bool = typer.Option(True, help="Show evaluation progress bars."),
-    precision: str = typer.Option(
-        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
-                     "fp32 (docs/speed.md)."),
-    fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
-        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
+    precision: str = _precision_option(),
+    fast_path: bool = _fast_path_option(),
 ) -> None:
     """Train (or reuse) and evaluate models on the same candidates; write the comparison."""
     from gensr.compare import compare
@@ -268,12 +273,8 @@ def rank_cmd(
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    precision: str = typer.Option(
-        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
-                     "fp32 (docs/speed.md)."),
-    fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
-        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
+    precision: str = _precision_option(),
+    fast_path: bool = _fast_path_option(),
 ) -> None:
     """Rank candidates for one user history (original item ids) and print the ranking."""
     import json
@@ -337,12 +338,8 @@ def serve_cmd(
         None, min=1, help="torch CPU threads (default: torch's; 1 is often best on a busy "
                           "machine)."),
     log_level: str = typer.Option("info", help="uvicorn log level (debug logs requests)."),
-    precision: str = typer.Option(
-        "auto", help="GenSR's scoring precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | "
-                     "fp32 (docs/speed.md)."),
-    fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA (fused T5 "
-        "pass, length buckets, larger chunks); --no-fast-path runs the original path."),
+    precision: str = _precision_option(),
+    fast_path: bool = _fast_path_option(),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, GET /v1/model, GET /healthz (see docs)."""
     from gensr.serve.ranker import Limits
