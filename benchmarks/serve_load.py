@@ -64,26 +64,11 @@ def build_requests(run: Path, n: int, seed: int) -> tuple[list[dict], dict, obje
     the loaded (model, data) for the in-process reference."""
     from gensr.data.batching import eval_instances
     from gensr.runs import load_run
+    from gensr.serve.examples import instance_requests
 
     model, data = load_run(run, device="cpu")
     table = eval_instances(data, "test", tasks=tuple(model.tasks), max_instances=n, seed=seed)
-    orig = ["", *data.items.sort("item_id")["orig_id"].to_list()]
-    seqs = data.sequences
-    ends = seqs.history_end(table.user, table.seq)
-    bodies = []
-    for row in range(len(table)):
-        start = int(seqs.indptr[table.user[row]])
-        history = []
-        for j in range(max(start, int(ends[row]) - 50), int(ends[row])):
-            entry = {"item": orig[seqs.item[j]],
-                     "behaviour": "rec" if seqs.behaviour[j] == 1 else "src"}
-            if seqs.query[j]:
-                entry["query"] = data.query_text[seqs.query[j]]
-            history.append(entry)
-        body = {"history": history, "candidates": [orig[c] for c in table.candidates[row]]}
-        if table.task[row] == 1:
-            body["query"] = data.query_text[table.query[row]]
-        bodies.append(body)
+    bodies = instance_requests(data, table, max_history=50)
     summary = {"model": model.name, "data": data.name, "fingerprint": data.fingerprint,
                "parameters": int(sum(p.numel() for p in model.parameters())),
                "max_his_len": int(model.config.max_his_len),

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from gensr.data import load_data
-from gensr.data.batching import InstanceTable, eval_instances
+from gensr.data.batching import eval_instances
 from gensr.data.dataset import SRData
 from gensr.models.registry import model_class
+from gensr.serve.examples import instance_requests
 
 # a tiny GenSR: scratch T5 backbone, semantic view only (no CF table needed)
 TINY_GENSR = dict(backbone="scratch-t5", scratch_d_model=32, scratch_heads=2, scratch_d_ff=64,
@@ -59,34 +60,6 @@ def tiny_runs(data_dir: Path, root: Path) -> dict[str, Path]:
         cls = model_class(name)
         runs[name] = write_run(cls(cls.config_class(), data), data, root / name)
     return runs
-
-
-def original_ids(data: SRData) -> list[str]:
-    """Canonical item id -> original id (index 0 = padding)."""
-    return ["", *data.items.sort("item_id")["orig_id"].to_list()]
-
-
-def instance_requests(data: SRData, table: InstanceTable) -> list[dict]:
-    """Each instance as an HTTP request body: the user's WHOLE history before the instance
-    (the service truncates it), candidates and query in original ids / text."""
-    orig = original_ids(data)
-    seqs = data.sequences
-    ends = seqs.history_end(table.user, table.seq)
-    out = []
-    for row in range(len(table)):
-        start = int(seqs.indptr[table.user[row]])
-        history = []
-        for j in range(start, int(ends[row])):
-            entry = {"item": orig[seqs.item[j]],
-                     "behaviour": "rec" if seqs.behaviour[j] == 1 else "src"}
-            if seqs.query[j]:
-                entry["query"] = data.query_text[seqs.query[j]]
-            history.append(entry)
-        body = {"history": history, "candidates": [orig[c] for c in table.candidates[row]]}
-        if table.task[row] == 1:
-            body["query"] = data.query_text[table.query[row]]
-        out.append(body)
-    return out
 
 
 def eval_requests_and_scores(model, data: SRData, tmp: Path, max_instances: int | None = None

@@ -132,6 +132,11 @@ class SRData:
         return [""] + self.queries.sort("query_id")["text"].to_list()
 
     @cached_property
+    def item_orig_id(self) -> list[str]:
+        """Canonical item id -> original item id ("" at 0, the padding)."""
+        return [""] + self.items.sort("item_id")["orig_id"].to_list()
+
+    @cached_property
     def item_index(self) -> dict[str, int]:
         """Original item id -> canonical id."""
         return dict(zip(self.items["orig_id"].to_list(), self.items["item_id"].to_list()))

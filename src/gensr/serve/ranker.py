@@ -183,7 +183,7 @@ class Ranker:
 
     def example_items(self, n: int = 3) -> list[str]:
         """A few original item ids of the catalogue (for documentation and examples)."""
-        return self.data.items.sort("item_id")["orig_id"].head(n).to_list()
+        return self.data.item_orig_id[1 : n + 1]
 
     def model_card(self) -> dict[str, Any]:
         """Model name, tasks, data fingerprint, backbone, config, limits and saved metrics."""
