@@ -622,6 +622,12 @@ def print_tables(result: dict) -> None:
         console.print(table)
 
 
+def _md_table(head: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    """Markdown lines of a table whose first two columns are text, the rest numbers."""
+    return ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2),
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def markdown(result: dict) -> str:
     m, inp = result["model"], result["inputs"]
     lines = [
@@ -639,17 +645,13 @@ def markdown(result: dict) -> str:
         f"{inp['sequence_positions_mean']} positions with queries), "
         f"{inp['search_share']:.0%} search.",
         "",
-        "| " + " | ".join(SCORE_HEAD) + " |",
-        "|---|---|" + "---:|" * (len(SCORE_HEAD) - 2),
+        *_md_table(SCORE_HEAD, [score_cells(r) for r in result["scoring"]]),
     ]
-    lines += ["| " + " | ".join(score_cells(r)) + " |" for r in result["scoring"]]
     if result["training"]:
         lines += ["", f"Training: {inp['train_batch_examples']} pointwise examples per step "
                   f"({inp['train_instances']} instances x (1 + {inp['negatives']})), forward + "
                   "backward + grad clipping + AdamW.", "",
-                  "| " + " | ".join(TRAIN_HEAD) + " |",
-                  "|---|---|" + "---:|" * (len(TRAIN_HEAD) - 2)]
-        lines += ["| " + " | ".join(train_cells(r)) + " |" for r in result["training"]]
+                  *_md_table(TRAIN_HEAD, [train_cells(r) for r in result["training"]])]
     peak = result["peak_bf16_tflops"]
     mfu = (f"MFU: model FLOPs/s over {peak} TFLOP/s dense bf16 ({result['peak_source']})"
            if peak else "MFU: no peak known for this device (give --peak-tflops)")
