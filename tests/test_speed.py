@@ -23,8 +23,8 @@ from gensr.errors import ConfigError
 from gensr.models.gensr import GenSR, GenSRConfig
 from gensr.models.gensr.backbone import scratch_t5
 from gensr.models.gensr.fused_t5 import FusedT5
-from gensr.models.gensr.speed import Speed, resolve_precision
-from gensr.runs import prepare_inference
+from gensr.models.gensr.speed import Speed
+from gensr.runs import prepare_inference, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,9 +56,8 @@ from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import evaluate_table
 from gensr.eval.tables import TABLE_METRICS, Cell, to_markdown
 from gensr.models.base import ModelConfig
-from gensr.models.gensr.speed import resolve_precision
 from gensr.models.registry import MODELS, model_class
-from gensr.runs import load_run, pick_device, prepare_inference, read_run_info
+from gensr.runs import load_run, pick_device, prepare_inference, read_run_info, resolve_precision
 from gensr.train import TrainConfig, train_run
 from gensr.train.checkpoint import LAST
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import RunError
+from gensr.errors import ConfigError, RunError
 from gensr.models.base import SRModel, read_model_card
 from gensr.models.registry import model_class
 
@@ -29,6 +29,21 @@ def pick_device(device: str | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda asked for, but CUDA is not available here")
     return dev
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` on a CUDA device that supports it, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
@@ -67,7 +82,7 @@ def prepare_inference(model: SRModel, precision: str = "auto", fast_path: bool =
     pass, length buckets and larger chunks on CUDA; the original path on CPU) — without,
     the original path everywhere (docs/speed.md). Other models are small and score in fp32.
     """
-    from gensr.models.gensr.speed import Speed, resolve_precision
+    from gensr.models.gensr.speed import Speed
 
     set_precision = getattr(model, "set_precision", None)
     if set_precision is None:

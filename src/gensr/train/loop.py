@@ -42,7 +42,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
-from gensr.runs import pick_device
+from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
 from gensr.train.config import TrainConfig, metric_value, parse_metric
@@ -63,11 +63,7 @@ class LossForward(nn.Module):
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """An ``Accelerator`` for ``config.device`` and ``config.precision``."""
     device = pick_device(config.device)
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"
-                                      and torch.cuda.is_bf16_supported()):
-        mixed = "bf16"
-    else:
-        mixed = "no"
+    mixed = "bf16" if resolve_precision(config.precision, device) == "bf16" else "no"
     cpu = device.type == "cpu"
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         # accelerate keeps one global state per process; a second run in the same Python

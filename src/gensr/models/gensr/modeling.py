@@ -33,8 +33,9 @@ from gensr.models.gensr.configuration import GenSRConfig
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
-from gensr.models.gensr.speed import DTYPES, Speed, resolve_precision
+from gensr.models.gensr.speed import DTYPES, Speed
 from gensr.models.gensr.views import CFView, SemanticView
+from gensr.runs import resolve_precision
 
 
 @dataclass

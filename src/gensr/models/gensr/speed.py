@@ -19,7 +19,6 @@ from gensr.errors import ConfigError
 RUNNERS = ("auto", "hf", "fused")
 SPLICES = ("index", "where")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-PRECISIONS = ("auto", "fp32", "bf16")
 CUDA_CHUNK = 4096  # pointwise sequences per backbone call on CUDA (auto)
 CUDA_BUCKET = 8  # prompt-length band of a bucket on CUDA (auto), in tokens
 
@@ -82,18 +81,6 @@ class Speed:
         chunk = self.chunk if self.chunk is not None else (
             max(score_chunk, CUDA_CHUNK) if cuda else score_chunk)
         return dataclasses.replace(self, runner=runner, bucket=bucket, chunk=chunk)
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``bf16`` on a CUDA device that supports it, else ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
