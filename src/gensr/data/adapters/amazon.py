@@ -46,7 +46,7 @@ from typing import Any
 
 import polars as pl
 
-from gensr.data.adapters.common import purchases_to_interactions
+from gensr.data.adapters.common import positive_count, purchases_to_interactions
 from gensr.data.canonical import RawLog, Report, kcore_filter
 from gensr.data.schema import CATEGORY_SEP
 from gensr.data.text import analyze, category_query, stemmer_name
@@ -154,12 +154,6 @@ def _category_paths(record: dict[str, Any], file: Path, line: int) -> list[list[
 def _item_text(title: str, paths: list[list[str]], brand: str) -> str:
     levels = list(dict.fromkeys(level for path in paths for level in path))
     return ". ".join(part for part in (title.rstrip(" ."), " ".join(levels), brand) if part)
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"option {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _read_reviews(path: Path, report: Report) -> tuple[pl.DataFrame, set[str]]:
@@ -272,8 +266,8 @@ def read_amazon(
     if not raw.is_dir():
         raise DataError("expected a folder with a reviews file and a meta_* file",
                         file=str(raw))
-    min_user = _check_count("min_user", min_user)
-    min_item = _check_count("min_item", min_item)
+    min_user = positive_count("min_user", min_user)
+    min_item = positive_count("min_item", min_item)
     reviews_path = _find_file(raw, reviews, meta=False)
     meta_path = _find_file(raw, meta, meta=True)
     report = Report(source="amazon")

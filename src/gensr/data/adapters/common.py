@@ -7,6 +7,14 @@ import zlib
 import polars as pl
 
 from gensr.data.canonical import Report
+from gensr.errors import DataError
+
+
+def positive_count(name: str, value: object) -> int:
+    """An adapter option that must be a positive integer (e.g. a k-core threshold)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"option {name} must be a positive integer, got {value!r}")
+    return value
 
 
 def purchases_to_interactions(

@@ -30,17 +30,12 @@ from pathlib import Path
 
 import polars as pl
 
+from gensr.data.adapters.common import positive_count
 from gensr.data.canonical import RawLog, Report, kcore_filter
 from gensr.errors import DataError
 
 INTERACTION_COLUMNS = ("user", "item", "timestamp", "behaviour")
 ITEM_COLUMNS = ("item", "text")
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"option {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _read(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
@@ -194,8 +189,8 @@ def read_csv_logs(
     raw = Path(raw)
     if not raw.is_dir():
         raise DataError(f"expected a folder with {interactions} and {items}", file=str(raw))
-    min_user = _check_count("min_user", min_user)
-    min_item = _check_count("min_item", min_item)
+    min_user = positive_count("min_user", min_user)
+    min_item = positive_count("min_item", min_item)
     inter_path, items_path = raw / str(interactions), raw / str(items)
     report = Report(source="csv")
     report.settings.update({"interactions": inter_path.name, "items": items_path.name,

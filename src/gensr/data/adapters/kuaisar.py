@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from gensr.data.adapters.common import positive_count
 from gensr.data.canonical import RawLog, Report
 from gensr.data.schema import CATEGORY_SEP
 from gensr.errors import DataError
@@ -204,12 +205,6 @@ def _read_checked(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"option {name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _item_ids(path: Path, report: Report) -> pl.DataFrame:
     """All item ids of the items file (checked: integers, unique, valid captions)."""
     ids = _read_checked(path, [Field("item_id", "int"), Field("caption", "words")],
@@ -307,8 +302,8 @@ def read_kuaisar(
     if not raw.is_dir():
         raise DataError("expected a folder with rec_inter.csv, src_inter.csv and "
                         "item_features.csv", file=str(raw))
-    min_user = _check_count("min_user", min_user)
-    min_item = _check_count("min_item", min_item)
+    min_user = positive_count("min_user", min_user)
+    min_item = positive_count("min_item", min_item)
     if unknown_items not in ("error", "drop"):
         raise DataError(f"option unknown_items must be 'error' or 'drop', got {unknown_items!r}")
     if isinstance(src_item_types, str):
