@@ -148,8 +148,10 @@ def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = Non
 class TrainSampler:
     """Training instances: each training-split interaction as a positive with ``k`` negatives.
 
-    Negatives are drawn uniformly from items the user never interacted with, anew each epoch
-    from ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
+    Negatives are drawn uniformly from items the user never interacted with *in the training
+    split* (what a model may know at training time; the user's valid and test items are future
+    events and stay eligible, as in the LightGCN sampler), anew each epoch from
+    ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
     def __init__(self, data: SRData, n_negatives: int, seed: int = 0) -> None:
@@ -162,9 +164,7 @@ class TrainSampler:
         self.task = np.where(train["behaviour"].to_numpy() == "rec", 0, 1).astype(np.int64)
         self.query = train["query_id"].fill_null(0).to_numpy().astype(np.int64)
         self.seq = train["seq"].to_numpy().astype(np.int64)
-        inter = data.interactions
-        self.interacted = InteractedSet(inter["user_id"].to_numpy(), inter["item_id"].to_numpy(),
-                                        data.n_items)
+        self.interacted = InteractedSet(self.user, self.item, data.n_items)
 
     def __len__(self) -> int:
         return len(self.user)

@@ -4,8 +4,9 @@ Sampled mode (the paper's): each valid/test instance ranks its 100 stored candid
 target and 99 items the user never interacted with, in a shuffled order); Recall@K and NDCG@K
 for K in {1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
 
-Full-ranking mode: models that can score every item rank the whole catalogue; the user's
-other interacted items (training split) are masked, the target never is.
+Full-ranking mode: models that can score every item rank the whole catalogue; the items the
+user interacted with in the splits before the evaluated one are masked (valid: train; test:
+train and valid, RecBole's rule), the target never is.
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ def evaluate_table(
     return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)
 
 
+#: the splits whose items are masked when ranking the whole catalogue for each split
+MASKED_SPLITS = {"train": (), "valid": ("train",), "test": ("train", "valid")}
+
+
+def seen_before(data: SRData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) sorted by user: what each user interacted with in the splits before
+    ``split`` (valid: train; test: train and valid), masked in full ranking."""
+    if split not in MASKED_SPLITS:
+        raise ValueError(f"split must be one of {list(MASKED_SPLITS)}, got {split!r}")
+    rows = data.interactions.filter(pl.col("split").is_in(list(MASKED_SPLITS[split])))
+    users = rows["user_id"].to_numpy().astype(np.int64)
+    items = rows["item_id"].to_numpy().astype(np.int64)
+    order = np.argsort(users, kind="stable")
+    return users[order], items[order]
+
+
 @torch.no_grad()
 def evaluate_full(
     model: SRModel,
@@ -128,18 +145,15 @@ def evaluate_full(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Metrics:
-    """Full ranking over all items; the user's training items are masked (not the target)."""
+    """Full ranking over all items; the user's items of earlier splits are masked
+    (:func:`seen_before`), the target never is."""
     if not model.supports_full_ranking:
         raise NotImplementedError(f"{model.name} cannot score every item")
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     frame = data.candidates(split).filter(pl.col("task").is_in(list(tasks)))
     table = InstanceTable.from_candidates(frame)
     targets = frame["target_item"].to_numpy().astype(np.int64)
-    train = data.train()
-    seen_u = train["user_id"].to_numpy().astype(np.int64)
-    seen_i = train["item_id"].to_numpy().astype(np.int64)
-    order = np.argsort(seen_u, kind="stable")
-    seen_u, seen_i = seen_u[order], seen_i[order]
+    seen_u, seen_i = seen_before(data, split)
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device
