@@ -75,6 +75,7 @@ class InstanceTable:
     candidates: np.ndarray  # (N, C)
     labels: np.ndarray | None = None  # (N, C)
     target_pos: np.ndarray | None = None  # (N,)
+    instance_id: np.ndarray | None = None  # (N,) the stored instance ids (evaluation)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -92,6 +93,7 @@ class InstanceTable:
             seq=frame["seq"].to_numpy().astype(np.int64),
             candidates=cands,
             target_pos=frame["target_pos"].to_numpy().astype(np.int64),
+            instance_id=frame["instance_id"].to_numpy().astype(np.int64),
         )
 
     def subset(self, index: np.ndarray) -> InstanceTable:

@@ -58,7 +58,7 @@ def evaluate(
 
     Tasks the model does not serve (``model.tasks``) are skipped. ``max_instances`` takes a
     seeded subset (the same for every model). ``scores_out`` writes every instance's scores
-    to a Parquet file (instance_id, task, scores).
+    to a Parquet file (:func:`write_scores`).
     """
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     if not tasks:
@@ -67,6 +67,22 @@ def evaluate(
     return evaluate_table(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
                           device=device, progress=progress, scores_out=scores_out,
                           desc=f"{model.name} {split}")
+
+
+def write_scores(table: InstanceTable, scores: np.ndarray, path: str | Path) -> None:
+    """One row per instance: ``instance_id`` (the id in ``candidates_{split}.parquet``, so the
+    file joins back after subsetting), ``user_id``, ``task``, ``target_pos`` and ``scores``
+    (one float per stored candidate, in the stored order)."""
+    n = len(table)
+    ids = table.instance_id if table.instance_id is not None else np.full(n, -1, np.int64)
+    target = table.target_pos if table.target_pos is not None else np.full(n, -1, np.int64)
+    pl.DataFrame({
+        "instance_id": ids.astype(np.int64),
+        "user_id": table.user.astype(np.int64),
+        "task": np.where(table.task == 0, "rec", "src"),
+        "target_pos": target.astype(np.int64),
+        "scores": list(scores.astype(np.float32)),
+    }, schema_overrides={"scores": pl.List(pl.Float32)}).write_parquet(path)
 
 
 @torch.no_grad()
@@ -109,11 +125,7 @@ def evaluate_table(
         model.train()
     if scores_out is not None:
         all_scores = np.concatenate(saved) if saved else np.zeros((0, 0), np.float32)
-        pl.DataFrame({
-            "row": np.arange(len(table), dtype=np.int64),
-            "user_id": table.user, "task": np.where(table.task == 0, "rec", "src"),
-            "scores": list(all_scores.astype(np.float32)),
-        }).write_parquet(scores_out)
+        write_scores(table, all_scores, scores_out)
     return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)
 
 
