@@ -268,6 +268,8 @@ def rank_cmd(
         None, help='Item ids to rank: "B003,B004,..." or @FILE.'),
     query: str | None = typer.Option(None, help="Search query (leave out to recommend)."),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Show only the best k."),
+    user: str | None = typer.Option(None, help="Original user id (models that read user ids "
+                                    "need it: UniSAR, TEM with user_embedding, lightgcn)."),
     request: str | None = typer.Option(
         None, help="Or a JSON request file (the body of POST /v1/rank; - for stdin)."),
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
@@ -284,17 +286,19 @@ def rank_cmd(
     from gensr.serve.ranker import Ranker
 
     if request is not None:
-        if history or candidates or query or top_k:
-            raise ConfigError("give either --request FILE or --history/--candidates/--query")
+        if history or candidates or query or top_k or user:
+            raise ConfigError("give either --request FILE or "
+                              "--history/--candidates/--query/--user")
         req = load_request(request)
         hist, cands, query, top_k = req.history, req.candidates, req.query, req.top_k
+        user = req.user
     else:
         if not candidates:
             raise ConfigError("--candidates is required (or --request FILE)")
         hist, cands = parse_history(history), parse_candidates(candidates)
     ranker = Ranker.from_run(run_dir, data=data, device=device, precision=precision,
                              fast_path=fast_path)
-    ranking = ranker.rank(hist, cands, query=query, top_k=top_k)
+    ranking = ranker.rank(hist, cands, query=query, top_k=top_k, user=user)
     if as_json:
         print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
         return

@@ -142,6 +142,24 @@ class SRData:
         return dict(zip(self.items["orig_id"].to_list(), self.items["item_id"].to_list()))
 
     @cached_property
+    def user_index(self) -> dict[str, int]:
+        """Original user id -> canonical id (``users.parquet``; empty if the file is absent)."""
+        path = self.path / "users.parquet"
+        if not path.is_file():
+            return {}
+        users = pl.read_parquet(path)
+        return dict(zip(users["orig_id"].to_list(), users["user_id"].to_list()))
+
+    @cached_property
+    def user_orig_id(self) -> list[str]:
+        """Canonical user id -> original user id ("" at 0 and for ids without a record)."""
+        out = [""] * (self.n_users + 1)
+        for orig, uid in self.user_index.items():
+            if 0 < uid <= self.n_users:
+                out[uid] = orig
+        return out
+
+    @cached_property
     def query_index(self) -> dict[str, int]:
         """Query text -> canonical id."""
         return dict(zip(self.queries["text"].to_list(), self.queries["query_id"].to_list()))

@@ -25,24 +25,43 @@ class RandomConfig(ModelConfig):
 
 
 class RandomScorer(SRModel):
-    """Uniform random scores: the chance level of the protocol (R@5 ≈ 0.05)."""
+    """Uniform-looking random scores: the chance level of the protocol (R@5 ≈ 0.05).
+
+    A score is a hash of (seed, candidate, task, query, history), not a draw from a
+    generator, so the same request gets the same scores in evaluation and in serving.
+    """
 
     name = "random"
     config_class = RandomConfig
     trainable = False
     reads_query_text = False
 
-    def __init__(self, config: RandomConfig, data: SRData) -> None:
-        super().__init__(config, data)
-        self.generator = torch.Generator().manual_seed(config.seed)
+    def _context(self, batch: Batch) -> torch.Tensor:
+        """(B, 1) int64: one hashed value per instance from everything but the candidates."""
+        pos = torch.arange(1, batch.hist_item.shape[1] + 1, device=batch.hist_item.device)
+        hist = (_mix(batch.hist_item * 2 + batch.hist_behaviour + pos) * batch.hist_mask).sum(1)
+        return _mix(_mix(batch.task + 2 * batch.query + int(self.config.seed) * 7919) + hist
+                    )[:, None]
 
     def score(self, batch: Batch) -> torch.Tensor:
-        return torch.rand(batch.candidates.shape, generator=self.generator).to(
-            batch.candidates.device)
+        return _unit(_mix(self._context(batch) ^ batch.candidates))
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return torch.rand((len(batch), self.n_items + 1), generator=self.generator).to(
-            batch.candidates.device)
+        items = torch.arange(self.n_items + 1, device=batch.candidates.device)[None]
+        return _unit(_mix(self._context(batch) ^ items))
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit integer mixer (SplitMix64's finaliser on int64, wrapping)."""
+    x = x.long() * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+    x = (x ^ (x >> 31)) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """int64 hashes -> floats in [0, 1) (24 bits)."""
+    return ((x >> 20) & 0xFFFFFF).float() / float(1 << 24)
 
 
 @dataclass
