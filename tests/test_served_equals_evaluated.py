@@ -21,7 +21,6 @@ import torch
 from typer.testing import CliRunner
 
 from gensr.cli import app as cli_app
-from gensr.data import load_data
 from gensr.data.batching import eval_instances
 from gensr.errors import RunError
 from gensr.models.registry import MODELS, model_class

@@ -4,7 +4,8 @@ A request names everything in the data's *original* ids (``orig_id`` strings): t
 history as (item, behaviour[, query]) interactions, oldest first, the candidates, and for
 search the query text. :class:`Ranker` turns requests into one :class:`~gensr.data.Batch`
 (history truncated to the model's ``max_his_len`` and left-padded; the optional ``user``, an
-original user id, mapped to its canonical id), scores them with the model's ``score`` and returns each request's candidates best first.
+original user id, mapped to its canonical id), scores them with the model's ``score`` and
+returns each request's candidates best first.
 
 One request is one instance with C candidates, so a model that encodes the history once per
 instance (GenSR does) reuses it across all C candidates. :meth:`Ranker.rank_many` scores many
