@@ -202,3 +202,15 @@ def test_cli_compare_reference_scorers(tmp_path, tiny_data_dir):
     assert result.exit_code == 0, result.output
     assert "| Search | R@5 |" in result.output
     assert (tmp_path / "o" / "compare.md").exists()
+
+
+@pytest.mark.parametrize("max_instances, says", [
+    (60, "A seeded subset (60 of the split's 300 instances"),
+    (3000, "Every instance of the test split (300)"),  # larger than the split: all were used
+])
+def test_compare_md_says_what_was_evaluated(tmp_path, tiny_data_dir, max_instances, says):
+    out = tmp_path / "o"
+    compare(tiny_data_dir, "pop", out, max_instances=max_instances, progress=False, log=_quiet)
+    md = (out / "compare.md").read_text()
+    assert says in md
+    assert ("seeded subset" in md) == (max_instances < 300)

@@ -371,9 +371,15 @@ def compare_markdown(report: dict[str, Any]) -> str:
     if report["n_seeds"] > 1:
         notes.append(f"Mean ± sample standard deviation over seeds {seeds} (models whose "
                      "result does not depend on a seed ran once).")
-    if ev["max_instances"] is not None:
-        notes.append(f"A seeded subset (eval.max_instances = {ev['max_instances']}, seed "
-                     f"{ev['seed']}) of the split, the same instances for every model.")
+    total = ev.get("split_instances")
+    used = sum(n.values())
+    if ev["max_instances"] is not None and total is not None and used < total:
+        notes.append(f"A seeded subset ({used:,} of the split's {total:,} instances: "
+                     f"eval.max_instances = {ev['max_instances']}, seed {ev['seed']}), the "
+                     "same instances for every model.")
+    else:
+        notes.append(f"Every instance of the {ev['split']} split ({used:,}), the same for "
+                     "every model.")
     body.append("\n".join(notes) + "\n")
     body.append("## Runs\n")
     body.append(runs_markdown(report))
@@ -497,7 +503,8 @@ def compare(
         "out": str(out),
         "data": {"dir": str(Path(data.path).resolve()), "name": data.name,
                  "fingerprint": data.fingerprint},
-        "eval": {**dataclasses.asdict(config.eval), "instances": counts},
+        "eval": {**dataclasses.asdict(config.eval), "instances": counts,
+                 "split_instances": data.candidates(config.eval.split).height},
         "n_seeds": seeds,
         "seeds": sorted(all_seeds),
         "models": report_models,
