@@ -21,7 +21,7 @@ from gensr.eval.tables import to_markdown
 TINY_TRAIN = {"max_steps": 10, "batch_size": 32, "eval_every": 5, "eval_max_instances": 40,
               "warmup_steps": 2, "lr": 3e-3, "progress": False, "log_every": 5}
 SCRATCH = {"backbone": "scratch-t5", "scratch_d_model": 16, "scratch_vocab_size": 400,
-           "max_his_len": 5, "item_text_tokens": 4}
+           "item_text_tokens": 4}
 TINY = {
     "defaults": {"train": TINY_TRAIN},
     "models": {
@@ -33,10 +33,11 @@ TINY = {
                                             "{cf_candidate} {sem_candidate}"}},
         "disc": {"model": {**SCRATCH, "encoder_layers": 1, "encoder_heads": 2,
                            "encoder_ff": 32}},
-        "unisar": {"model": {"hidden": 16, "id_dim": 8, "word_dim": 8, "max_his_len": 8}},
-        "sasrec": {"model": {"hidden": 16, "n_layers": 1, "max_his_len": 10}},
-        "tem": {"model": {"hidden": 16, "max_his_len": 10}},
+        "unisar": {"model": {"hidden": 16, "id_dim": 8, "word_dim": 8}},
+        "sasrec": {"model": {"hidden": 16, "n_layers": 1}},
+        "tem": {"model": {"hidden": 16}},
     },
+    "history_window": 6,  # every model reads the same 6 interactions
     "eval": {"max_instances": 120},
     "cf": {"epochs": 2, "min_epochs": 1, "dim": 8},
 }
