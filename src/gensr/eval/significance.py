@@ -6,13 +6,14 @@ mean difference ``d = a - b`` is zero; both tests are two-sided.
 
 ``t-test``
     Student's paired t-test (:func:`scipy.stats.ttest_rel`): t = mean(d) / (sd(d)/√n),
-    n − 1 degrees of freedom. When every difference is equal the statistic is undefined:
-    p = 1 if they are all 0, else p = 0.
+    n − 1 degrees of freedom. When every difference is equal (to a relative 1e-12) the
+    statistic is undefined: p = 1 if they are all 0, else p = 0.
 ``bootstrap``
     the paired bootstrap (Efron & Tibshirani 1993, §16.4; Koehn 2004 for ranking metrics):
     ``n_boot`` resamples of the instances with replacement, each giving a mean difference
     d*_b; under the null the resampled differences are centred on 0, so
-    p = (1 + #{b : |d*_b − mean(d)| ≥ |mean(d)|}) / (1 + n_boot).
+    p = (1 + #{b : |d*_b − mean(d)| ≥ |mean(d)|}) / (1 + n_boot) (1 when mean(d) = 0, and
+    1 / (1 + n_boot) when every difference is the same non-zero value).
 
 No multiple-comparison correction is applied: a table that tests one system against k others
 reports k raw p-values (divide alpha by k for a Bonferroni reading).
@@ -28,6 +29,7 @@ import numpy as np
 
 TestName = Literal["t-test", "bootstrap"]
 TESTS: tuple[str, ...] = ("t-test", "bootstrap")
+EPS = 1e-12  # relative tolerance below which differences count as zero / equal
 
 
 @dataclass(frozen=True)
@@ -60,22 +62,32 @@ def paired_test(a: np.ndarray, b: np.ndarray, test: TestName = "t-test", *,
         raise ValueError(f"a paired test needs at least 2 instances, got {n}")
     d = a - b
     mean = float(d.mean())
+    scale = max(1.0, float(np.abs(d).max()))
+    zero = abs(mean) <= EPS * scale  # no difference on average
+    flat = float(np.ptp(d)) <= EPS * scale  # every instance differs by the same amount
+    statistic: float | None
     if test == "t-test":
-        if np.all(d == d[0]):  # no spread: t is undefined
-            statistic, p = None, (1.0 if d[0] == 0 else 0.0)
+        if flat:  # no spread: t is undefined
+            statistic, p = None, (1.0 if zero else 0.0)
         else:
             from scipy import stats
 
             res = stats.ttest_rel(a, b)
             statistic, p = float(res.statistic), float(res.pvalue)
     else:
-        rng = np.random.default_rng(seed)
-        means = np.empty(n_boot)
-        for start in range(0, n_boot, 1000):  # bounded memory: 1000 resamples at a time
-            m = min(1000, n_boot - start)
-            means[start:start + m] = d[rng.integers(0, n, size=(m, n))].mean(axis=1)
-        extreme = int((np.abs(means - mean) >= abs(mean) - 1e-15).sum()) if mean else n_boot
-        statistic, p = mean, (1 + extreme) / (1 + n_boot)
+        statistic = mean
+        if zero:
+            p = 1.0
+        elif flat:
+            p = 1 / (1 + n_boot)
+        else:
+            rng = np.random.default_rng(seed)
+            extreme = 0
+            for start in range(0, n_boot, 1000):  # bounded memory: 1000 resamples at a time
+                m = min(1000, n_boot - start)
+                means = d[rng.integers(0, n, size=(m, n))].mean(axis=1)
+                extreme += int((np.abs(means - mean) >= abs(mean)).sum())
+            p = (1 + extreme) / (1 + n_boot)
     if statistic is not None and not math.isfinite(statistic):
         statistic = None
     return PairedResult(test=test, n=n, mean_a=float(a.mean()), mean_b=float(b.mean()),
