@@ -193,3 +193,20 @@ def test_cli_data_candidates(lab_dir, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown candidate strategy 'nope'" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_evaluate_reads_the_chosen_strategy(lab_dir):
+    from gensr.errors import ConfigError
+    from gensr.eval.runner import evaluate_run
+
+    uniform = evaluate_run(run_dir=None, model="bm25", data=lab_dir, split="test")
+    hard = evaluate_run(run_dir=None, model="bm25", data=lab_dir, split="test",
+                        candidates="bm25-hard")
+    assert hard["src"]["n"] == uniform["src"]["n"]
+    # BM25 separates the target from uniform negatives, not from BM25's own top items
+    assert hard["src"]["N@10"] < uniform["src"]["N@10"] - 0.1
+    with pytest.raises(ConfigError, match="no effect with --full"):
+        evaluate_run(run_dir=None, model="pop", data=lab_dir, full=True, candidates="popular")
+    result = CliRunner().invoke(app, ["evaluate", "--model", "pop", "--data", str(lab_dir),
+                                      "--candidates", "popular"])
+    assert result.exit_code == 0 and "popular candidates" in result.output

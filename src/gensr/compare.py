@@ -342,8 +342,9 @@ def plan_model(name: str, config: CompareConfig, cf_path: Path | None) -> ModelP
     if config.validation is not None and cls.trainable:
         clash = [k for k in VALIDATION_KEYS if k in train_values]
         if clash:
-            raise ConfigError(f"models.{name}: train.{clash[0]} is set by validation: (one "
-                              "validation subset for every model); remove it")
+            where = (f"models.{name}.train" if clash[0] in entry["train"] else "defaults.train")
+            raise ConfigError(f"{where}.{clash[0]} is set by validation: (one validation "
+                              "subset for every model); remove it")
         train_values.update(config.validation.train_values())
     if cf_path is not None and "cf_path" in _field_names(cls.config_class):
         model_values["cf_path"] = str(cf_path)
