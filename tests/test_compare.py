@@ -396,3 +396,29 @@ def test_candidate_strategies_side_by_side(tmp_path, tiny_data_dir):
     assert all(r["eval_cached"] for m in again["models"].values() for r in m["runs"])
     with pytest.raises(ConfigError, match="eval.candidates"):
         compare(data_dir, "bm25", out, candidates="hard", log=_quiet)
+
+
+def test_committed_compare_configs(tmp_path):
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    fair = compare_mod.load_compare_config(configs / "compare_fair_cpu.yaml")
+    plans = [compare_mod.plan_model(n, fair, tmp_path / "cf.safetensors")
+             for n in compare_mod.DEFAULT_MODELS]
+    assert compare_mod.check_windows(plans, allow=False)  # the same window, no override
+    assert not fair.allow_different_windows and fair.seeds == [0, 1, 2]
+    assert {p.window for p in plans if p.window is not None} == {20}
+    for plan in plans:
+        if plan.trainable:
+            t = plan.train_config
+            assert (t.eval_max_instances, t.eval_fraction, t.eval_seed) == (1000, 1.0, 0)
+    gensr_train = next(p for p in plans if p.name == "gensr").train_config
+    assert gensr_train.time_budget_min == 60
+    assert fair.significance.reference == "gensr" and fair.eval.candidates == "uniform"
+
+    old = compare_mod.load_compare_config(configs / "compare_cpu.yaml")
+    old_plans = [compare_mod.plan_model(n, old, None) for n in compare_mod.DEFAULT_MODELS]
+    assert old.allow_different_windows
+    assert compare_mod.check_windows(old_plans, allow=True) is False  # flagged, not refused
+    with pytest.raises(ConfigError, match="different history windows"):
+        compare_mod.check_windows(old_plans, allow=False)
