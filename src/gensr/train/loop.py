@@ -107,6 +107,10 @@ def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> I
         rng = np.random.default_rng(config.seed if config.eval_seed is None else config.eval_seed)
         table = table.subset(np.sort(rng.choice(len(table), size=n, replace=False)))
     keep = np.isin(table.task, [TASK_INDEX[t] for t in tasks])
+    if not keep.any():
+        raise ConfigError(f"the validation subset ({len(table)} valid instances) holds none of "
+                          f"the tasks {list(tasks)}: raise train.eval_max_instances or "
+                          "eval_fraction")
     return table.subset(np.nonzero(keep)[0])
 
 
