@@ -98,12 +98,12 @@ EVAL_FILE = "compare_eval.json"
 VALIDATION_KEYS = ("eval_max_instances", "eval_fraction", "eval_seed")
 SIGNIFICANCE_MARK = "†"
 CANDIDATE_NOTES = {
-    "uniform": "99 negatives drawn uniformly from the items the user never interacted with "
+    "uniform": "{n} negatives drawn uniformly from the items the user never interacted with "
                "(the paper's protocol)",
-    "bm25-hard": "search: the 99 items with the highest BM25 score for the query that the "
+    "bm25-hard": "search: the {n} items with the highest BM25 score for the query that the "
                  "user never interacted with (GenSAR's protocol); recommendation: the uniform "
                  "negatives",
-    "popular": "99 negatives drawn without replacement with probability ∝ 1 + training "
+    "popular": "{n} negatives drawn without replacement with probability ∝ 1 + training "
                "count, among the items the user never interacted with",
 }
 
@@ -652,7 +652,8 @@ def compare_markdown(report: dict[str, Any]) -> str:
     body = [to_markdown(report["cells"], metrics=TABLE_METRICS, title=title, marks=marks)]
     notes = [f"Best value per row in **bold**; – = the model does not serve the task. Ties "
              f"counted as `{ev['ties']}`.",
-             f"Candidates `{strategy}`: {CANDIDATE_NOTES[strategy]}."]
+             f"Candidates `{strategy}`: "
+             f"{CANDIDATE_NOTES[strategy].format(n=ev['n_candidates'] - 1)}."]
     if report["n_seeds"] > 1:
         notes.append(f"Mean ± sample standard deviation over seeds {seeds} (models whose "
                      "result does not depend on a seed ran once).")
