@@ -87,7 +87,8 @@ def main() -> None:
     print(json.dumps({
         "gensr": gensr.__version__, "source": gensr.__file__, "threads": torch.get_num_threads(),
         "build_s": round(build_s, 3),
-        "train_steps_per_s": len(timed) / sum(timed), "train_step_s_median": float(np.median(timed)),
+        "train_steps_per_s": len(timed) / sum(timed),
+        "train_step_s_median": float(np.median(timed)),
         "losses": losses[:10],
         "score_prompts_per_s": prompts / score_s, "score_s": score_s, "prompts": prompts,
         "metrics": {k: float(v.double().mean()) for k, v in metrics.items()},
