@@ -27,6 +27,9 @@ class TrainConfig:
     warmup_steps: int = 200
     max_epochs: int = 20
     max_steps: int | None = None  # stop after this many optimizer steps (None: max_epochs)
+    # wall-clock budget: stop after this many minutes in the trainer (validations included;
+    # one last validation follows). The LR schedule still decays to 0 at max_steps/max_epochs.
+    max_minutes: float | None = None
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     # validation and early stopping
     eval_every: int | None = None  # steps between validations (None: twice per epoch)
@@ -51,6 +54,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or null, got {value}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
         for name in ("lr", "weight_decay", "warmup_steps", "grad_clip", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")

@@ -255,6 +255,10 @@ def fit(
     def out_of_patience() -> bool:
         return config.patience > 0 and state.bad_evals >= config.patience
 
+    def out_of_time() -> bool:
+        return (config.max_minutes is not None
+                and wall_before + time.time() - started >= 60 * config.max_minutes)
+
     wall_before = state.wall_time
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {model.name}",
                disable=not (config.progress and main), dynamic_ncols=True)
@@ -263,10 +267,11 @@ def fit(
     parts: dict[str, list[float]] = {}
     rng = checkpoint.capture_rng()  # random states as of the last completed step
     status = "running"
+    timed_out = resume and out_of_time()  # a resumed run whose budget is spent
     net.train()
     try:
         while (state.step < total_steps and state.epoch < config.max_epochs
-               and not out_of_patience() and status == "running"):
+               and not out_of_patience() and not timed_out and status == "running"):
             table, order = sampler.epoch(state.epoch)
             order = order[keep[order]]
             for batch in table.batches(data, config.batch_size, model.config.max_his_len,
@@ -307,6 +312,11 @@ def fit(
                     write_run_info("running")
                 if state.step >= total_steps or out_of_patience():
                     break
+                if out_of_time():
+                    timed_out = True
+                    log(f"train.max_minutes = {config.max_minutes:g} reached at step "
+                        f"{state.step}")
+                    break
                 if stop_after_steps is not None and state.step >= stop_after_steps:
                     status = "paused"
                     break
@@ -328,6 +338,10 @@ def fit(
         save_checkpoint(rng)
     if status != "paused":
         status = "early_stopped" if out_of_patience() else "finished"
+        info["stopped_by"] = (
+            "patience" if out_of_patience() else "max_minutes" if timed_out else
+            "max_steps" if config.max_steps is not None and state.step >= config.max_steps
+            else "max_epochs")
     write_run_info(status)
     if writer is not None:
         writer.close()
