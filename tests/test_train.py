@@ -106,6 +106,20 @@ def test_stop_hook_and_resume_with_more_epochs(tmp_path, tiny_data_dir):
         train_run(tmp_path / "r", resume=True, sets=["model.hidden=8"], log=_quiet)
 
 
+def test_wall_clock_budget_stops_training(tmp_path, tiny_data_dir):
+    """train.time_budget_min stops after the step that used up the budget, validates once
+    more and records why it stopped; the schedule still spans max_steps."""
+    run = _train(tmp_path / "r", tiny_data_dir, "max_steps=500", "eval_every=100",
+                 "batch_size=64", "time_budget_min=1e-6")
+    assert run["steps"] == 1 and run["status"] == "finished", run["steps"]
+    assert run["stop_reason"] == "time_budget" and run["total_steps"] == 500
+    assert [h["step"] for h in run["history"]] == [1] and run["best_step"] == 1
+    assert (tmp_path / "r" / "model.safetensors").exists()
+    full = _train(tmp_path / "f", tiny_data_dir, "max_steps=3", "batch_size=64",
+                  "time_budget_min=60")
+    assert full["steps"] == 3 and full["stop_reason"] == "max_steps"
+
+
 def test_settings_resolution(tmp_path):
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text("model:\n  hidden: 48\n  n_heads: 4\ntrain:\n  lr: 0.01\n"

@@ -303,7 +303,8 @@ def fit(
     net.train()
     try:
         while (state.step < total_steps and state.epoch < config.max_epochs
-               and not out_of_patience() and not out_of_time() and status == "running"):
+               and not out_of_patience() and not (state.step and out_of_time())
+               and status == "running"):  # a budget stops after a step (never before one)
             table, order = sampler.epoch(state.epoch)
             order = order[keep[order]]
             for batch in table.batches(data, config.batch_size, model.config.max_his_len,
