@@ -34,6 +34,7 @@ from gensr.serve.errors import (
     RequestError,
     TaskNotServedError,
     UnknownItemError,
+    shown_ids,
 )
 
 BEHAVIOURS = {"rec": 1, "src": 2}  # the Batch's hist_behaviour codes
@@ -241,7 +242,7 @@ class Ranker:
         seen: set[str] = set()
         dups = [c for c in candidates if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
         if dups:
-            shown = ", ".join(repr(c) for c in dict.fromkeys(dups))
+            shown = shown_ids(list(dict.fromkeys(dups)))
             raise RequestError(f"candidates repeat item ids: {shown}", field="candidates")
         unknown = [c for c in candidates if c not in self.item_index]
         if unknown:
