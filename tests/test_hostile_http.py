@@ -531,11 +531,14 @@ def test_fit_connection_limit():
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     warnings: list[str] = []
-    assert fit_connection_limit(10, warn=warnings.append) == 10 and warnings == []
-    if hard != resource.RLIM_INFINITY:
-        fitted = fit_connection_limit(hard * 2, warn=warnings.append)
-        assert fitted < hard and "ulimit -n" in warnings[0]
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[1] == hard
+    try:
+        assert fit_connection_limit(10, warn=warnings.append) == 10 and warnings == []
+        if hard != resource.RLIM_INFINITY:  # more than the hard limit allows: lowered
+            fitted = fit_connection_limit(hard * 2, warn=warnings.append)
+            assert fitted == hard - 128 and "ulimit -n" in warnings[0]
+            assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)  # raised
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- hostile requests ----------------------------------------------------------------------------
