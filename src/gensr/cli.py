@@ -370,8 +370,11 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (default: loopback)."),
     port: int = typer.Option(8080, help="Port to listen on."),
     api_key: str | None = typer.Option(
-        None, envvar="GENSR_API_KEY", show_envvar=True,
-        help="Require this key in the X-API-Key header (needed beyond loopback)."),
+        None, help="Deprecated (shows in ps): set GENSR_API_KEY or use --api-key-file. "
+                   "Require this key in the X-API-Key header."),
+    api_key_file: Path | None = typer.Option(
+        None, help="A file holding the API key (one line) that clients send in X-API-Key; "
+                   "or set GENSR_API_KEY. Needed beyond loopback."),
     insecure: bool = typer.Option(False, help="Allow a non-loopback --host without a key."),
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
@@ -381,6 +384,16 @@ def serve_cmd(
     window_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for company."),
     max_queue: int = typer.Option(256, min=1, help="Waiting requests before 503."),
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest body (else 413)."),
+    max_concurrency: int | None = typer.Option(
+        None, min=1, help="Requests in progress at once, else 503 + Retry-After (default: "
+                          "max-queue + max-batch + 64)."),
+    max_connections: int = typer.Option(
+        1000, min=1, help="Open connections; beyond, the one idle longest is closed."),
+    idle_timeout: float = typer.Option(5.0, min=0.001,
+                                       help="Seconds before an idle connection is closed."),
+    read_timeout: float = typer.Option(
+        10.0, min=0.001, help="Seconds a request (head and body) may take to arrive, else "
+                              "408."),
     threads: int | None = typer.Option(
         None, min=1, help="torch CPU threads (default: torch's; 1 is often best on a busy "
                           "machine)."),
@@ -388,15 +401,17 @@ def serve_cmd(
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
 ) -> None:
-    """Serve a run over HTTP: POST /v1/rank, GET /v1/model, GET /healthz (see docs)."""
+    """Serve a run over HTTP: POST /v1/rank, GET /v1/model, /healthz, /metrics (see docs)."""
     from gensr.serve.ranker import Limits
-    from gensr.serve.server import serve
+    from gensr.serve.server import resolve_api_key, serve
 
-    serve(run_dir, host=host, port=port, api_key=api_key, insecure=insecure, data=data,
-          device=device, limits=Limits(max_candidates=max_candidates,
-                                       max_query_chars=max_query_chars),
+    serve(run_dir, host=host, port=port, api_key=resolve_api_key(api_key, api_key_file),
+          insecure=insecure, data=data, device=device,
+          limits=Limits(max_candidates=max_candidates, max_query_chars=max_query_chars),
           max_batch=max_batch, window_ms=window_ms, max_queue=max_queue,
-          max_body_bytes=max_body_bytes, threads=threads, log_level=log_level,
+          max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
+          max_connections=max_connections, idle_timeout=idle_timeout,
+          read_timeout=read_timeout, threads=threads, log_level=log_level,
           precision=precision, fast_path=fast_path)
 
 # --- analyses (gensr analyze …) ----------------------------------------------------------

@@ -398,11 +398,15 @@ def _write_run_yaml(path: Path, model_values: dict[str, Any], train_values: dict
 
 
 def ensure_run(plan: ModelPlan, seed: int, run_dir: Path, data: SRData, *,
-               device: str | None, log: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
-    """Reuse, resume or train the run of ``plan`` with ``seed`` in ``run_dir``.
+               device: str | None, log: Callable[[str], None], progress: bool = True
+               ) -> tuple[str, dict[str, Any]]:
+    """Reuse, resume or train the run of ``plan`` with ``seed`` in ``run_dir``;
+    ``progress=False`` trains without a progress bar (``train.progress`` only watches).
 
     Returns (what was done: reused | resumed | trained, run.json)."""
     model_values, train_values = dict(plan.model_values), dict(plan.train_values)
+    if not progress:
+        train_values["progress"] = False
     if plan.trainable:
         train_values["seed"] = seed
     elif plan.seeded:
@@ -429,7 +433,9 @@ def ensure_run(plan: ModelPlan, seed: int, run_dir: Path, data: SRData, *,
             return "reused", info
         if (run_dir / LAST).exists():
             log(f"  resuming the interrupted run in {run_dir} (step {info.get('steps')})")
-            return "resumed", train_run(run_dir, resume=True, device=device, log=log)
+            quiet = [] if progress else ["train.progress=false"]
+            return "resumed", train_run(run_dir, resume=True, sets=quiet, device=device,
+                                        log=log)
     if run_dir.exists() and any(run_dir.iterdir()):
         if (run_dir / LAST).exists():
             raise RunError(f"{run_dir} has a checkpoint but no run.json: move it away")
@@ -836,7 +842,8 @@ def compare(
         for seed in model_seeds:
             run_dir = out / name / f"seed{seed}"
             log(f"[{k + 1}/{len(names)}] {name} seed {seed}: {run_dir}")
-            action, info = ensure_run(plan, seed, run_dir, data, device=device, log=log)
+            action, info = ensure_run(plan, seed, run_dir, data, device=device, log=log,
+                                      progress=progress)
             ev = evaluate_for_compare(run_dir, info, data, table, config.eval, device=device,
                                       progress=progress, precision=precision,
                                       fast_path=fast_path, digest=digest)

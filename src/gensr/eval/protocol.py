@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances
 from gensr.data.dataset import SRData
 from gensr.eval.metrics import KS, TieRule, metric_names, rank_metrics
 from gensr.models.base import SRModel
+from gensr.progress import progress as progress_bar
 
 Metrics = dict[str, dict[str, float]]
 
@@ -134,7 +134,8 @@ def instance_metrics(
     n_batches = (len(table) + batch_size - 1) // batch_size
     max_his_len = model.config.max_his_len
     batches = table.batches(data, batch_size, max_his_len)
-    for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(batches, total=n_batches, desc=desc, enabled=progress,
+                              leave=False):
         batch = batch.to(device)
         scores = model.score(batch).float()
         metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
@@ -209,8 +210,8 @@ def evaluate_full(
         t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
     }
     rows = np.arange(len(table))
-    for start in tqdm(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
-                      disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
+                              enabled=progress, leave=False):
         idx = rows[start : start + batch_size]
         batch = table.make_batch(data, idx, model.config.max_his_len).to(device)
         scores = model.score_all(batch).float().clone()

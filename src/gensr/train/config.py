@@ -44,7 +44,7 @@ class TrainConfig:
     log_every: int = 20  # steps between TensorBoard/progress-bar loss logs
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     device: str | None = None  # cpu | cuda (None: cuda if available)
-    progress: bool = True  # show the tqdm progress bar
+    progress: bool = True  # a progress bar (plain lines when not a terminal: gensr.progress)
 
     def __post_init__(self) -> None:
         positive = ("n_negatives", "batch_size", "max_epochs", "eval_batch_size", "log_every")

@@ -44,6 +44,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
+from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
@@ -293,8 +294,8 @@ def fit(
                 and wall_before + time.time() - started >= 60 * config.time_budget_min)
 
     wall_before = state.wall_time
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {model.name}",
-               disable=not (config.progress and main), dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=state.step, desc=f"train {model.name}",
+                       enabled=config.progress and main, dynamic_ncols=True)
     losses: list[torch.Tensor] = []  # since the last log
     interval: list[torch.Tensor] = []  # since the last validation
     parts: dict[str, list[float]] = {}
