@@ -40,7 +40,7 @@ from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
 from gensr.models.gensr.configuration import REC_TEMPLATE, SRC_TEMPLATE
 from gensr.models.gensr.modeling import GenSR, build_views, info_nce
-from gensr.models.gensr.soft_filter import masked_mean
+from gensr.tensor import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
 N_SLOTS = 5  # cf history, sem history, cf candidate, sem candidate, query

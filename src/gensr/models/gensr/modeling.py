@@ -32,10 +32,10 @@ from gensr.models.gensr.backbones import LoraSettings
 from gensr.models.gensr.configuration import GenSRConfig, resolve_template
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
-from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
+from gensr.models.gensr.soft_filter import SoftFilter
 from gensr.models.gensr.speed import DTYPES, Speed
 from gensr.models.gensr.views import CFView, SemanticView
-from gensr.runs import resolve_precision
+from gensr.tensor import masked_mean, resolve_precision
 
 
 @dataclass
