@@ -29,7 +29,12 @@ from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
 from gensr.models.gensr.backbone import Backbone, Seq2SeqBackbone, load_backbone
 from gensr.models.gensr.backbones import LoraSettings
-from gensr.models.gensr.configuration import GenSRConfig, resolve_template
+from gensr.models.gensr.configuration import (
+    REC_TEMPLATE,
+    SRC_TEMPLATE,
+    GenSRConfig,
+    resolve_template,
+)
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter
@@ -62,6 +67,13 @@ def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tenso
     sim = F.normalize(z_cf, dim=-1) @ F.normalize(z_sem, dim=-1).T / tau
     target = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+
+
+def scratch_corpus(data: SRData, rec_template: str = REC_TEMPLATE,
+                   src_template: str = SRC_TEMPLATE) -> list[str]:
+    """The text a ``scratch-t5`` tokenizer's vocabulary is built from: the data's item texts
+    and queries, and the two prompt templates (20 times each, so their words are kept)."""
+    return [*data.item_text[1:], *data.query_text[1:]] + [rec_template, src_template] * 20
 
 
 def load_cf_table(config: GenSRConfig, data: SRData) -> torch.Tensor:
@@ -105,10 +117,8 @@ class GenSR(SRModel):
             raise ConfigError("GenSR needs at least one view (cf or semantic)")
         rec_template = resolve_template(config.rec_template, "rec")
         src_template = resolve_template(config.src_template, "src")
-        corpus = None
-        if artifacts is None:
-            corpus = [t for t in data.item_text[1:]] + [q for q in data.query_text[1:]]
-            corpus += [rec_template, src_template] * 20
+        corpus = None if artifacts is not None else scratch_corpus(data, rec_template,
+                                                                  src_template)
         self.backbone: Backbone = load_backbone(
             config.backbone, artifacts=artifacts, corpus=corpus,
             answer_yes=config.answer_yes, answer_no=config.answer_no,
