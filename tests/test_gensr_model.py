@@ -79,6 +79,27 @@ def test_assembled_prompt_holds_every_segment_once_in_order(tiny_data):
         assert ids[-1] == tok.eos_token_id
 
 
+def test_vectors_are_spliced_at_their_slots(tiny_data):
+    """Eq. 7: each candidate's copy of the prompt holds slot k's vector at marker k and the
+    token embeddings everywhere else."""
+    model = _model(tiny_data).eval()
+    batch = _train_batch(tiny_data)
+    with torch.no_grad():
+        enc = model.encode_history(batch)
+        vectors = model.slot_vectors(enc, batch.candidates)
+        embeds, mask = model.prompt_embeddings(enc, vectors)
+        tokens = model.backbone.embed(enc.prompt_ids.clamp(min=0))  # (B, T, d)
+    b, c = batch.candidates.shape
+    per_position = embeds.view(b, c, *embeds.shape[1:]).transpose(1, 2)  # (B, T, C, d)
+    for k, slot in enumerate(VECTOR_SLOTS):
+        at = enc.prompt_ids == PromptBuilder.slot_marker(k)
+        assert (at.sum(1) == 1).all()
+        assert torch.equal(per_position[at], vectors[slot])  # (B, C, d)
+    text = enc.prompt_ids >= 0
+    assert torch.equal(per_position[text], tokens[text][:, None].expand(-1, c, -1))
+    assert torch.equal(mask, enc.prompt_mask.repeat_interleave(c, dim=0))
+
+
 def test_query_changes_the_encoder_input(tiny_data):
     model = _model(tiny_data)
     batch = _train_batch(tiny_data)

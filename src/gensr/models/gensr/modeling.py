@@ -278,43 +278,35 @@ class GenSR(SRModel):
             out["sem_candidate"] = e_sem
         return out
 
-    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor], *,
-                          splice: str = "index") -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7: the prompt's token embeddings with the four vectors spliced in, flattened to
-        (B*C, T, d) pointwise sequences, and their attention mask.
-
-        ``splice="index"`` writes the vectors into one copy of the prompt per candidate;
-        ``"where"`` (the original) makes four passes of ``torch.where``. Same values."""
+        (B*C, T, d) pointwise sequences, and their attention mask. The vectors are written
+        into one copy of the prompt per candidate."""
         ids = enc.prompt_ids
         b, t = ids.shape
         c = vectors["cf_history"].shape[1]
         base = self.backbone.embed(ids.clamp(min=0))  # (B, T, d)
         d = base.shape[-1]
-        if splice == "where":
-            embeds = base[:, None].expand(b, c, t, d)
-            for k, slot in enumerate(VECTOR_SLOTS):
-                at = (ids == PromptBuilder.slot_marker(k))[:, None, :, None]  # (B, 1, T, 1)
-                embeds = torch.where(at, vectors[slot][:, :, None, :].to(embeds.dtype), embeds)
-        else:
-            markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
-                                   device=ids.device)
-            where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
-            stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
-            embeds = base[:, None].expand(b, c, t, d).clone()
-            rows = torch.arange(b, device=ids.device)[:, None, None]
-            cols = torch.arange(c, device=ids.device)[None, :, None]
-            embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
+        markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
+                               device=ids.device)
+        where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
+        stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
+        embeds = base[:, None].expand(b, c, t, d).clone()
+        rows = torch.arange(b, device=ids.device)[:, None, None]
+        cols = torch.arange(c, device=ids.device)[None, :, None]
+        embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
         mask = enc.prompt_mask[:, None].expand(b, c, t)
         return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
 
     def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor, *,
                       speed: Speed | None = None, shared_mask: bool = False
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """First-step vocabulary log-probabilities (B, C, V) and the slot vectors.
+        """First-step vocabulary logits (B, C, V), unnormalised, and the slot vectors.
         ``shared_mask``: every prompt in ``enc`` has the same mask (a length bucket)."""
         speed = speed or self.resolved_speed()
         vectors = self.slot_vectors(enc, candidates)
-        embeds, mask = self.prompt_embeddings(enc, vectors, splice=speed.splice)
+        embeds, mask = self.prompt_embeddings(enc, vectors)
         logits = self._logits_fn(speed)(embeds, mask, shared=shared_mask)
         return logits.view(*candidates.shape, -1), vectors
 
