@@ -13,7 +13,7 @@ Scoring rows (candidates/s, MFU, agreement with the fp32 reference scores):
   output_scores=True)``; P(Yes) = softmax(scores[0])[Yes];
 * ``gensr fp32``: the history encoded once per instance and reused for its candidates, one
   encoder pass + one decoder step (``GenSR.score`` with ``Speed.plain()``);
-* then one lever added per row: bf16 backbone weights, single-copy splice, the fused T5 pass
+* then one lever added per row: bf16 backbone weights, the fused T5 pass
   (SDPA, one bias per batch, specialised decoder step), length buckets, 4096 sequences per
   call, ``torch.compile``, CUDA graphs (``--cuda-graphs``); last, ``gensr default``: what
   ``gensr evaluate``/``serve`` run on this device with no options.
@@ -21,7 +21,7 @@ Scoring rows (candidates/s, MFU, agreement with the fp32 reference scores):
 Training rows (examples/s at ``--train-batch`` (200) pointwise examples per step = 50
 instances x (1 positive + 3 negatives); forward, backward, grad clipping, AdamW step):
 ``reference`` (fp32, history per example, the backbone's own forward), ``gensr fp32``, then
-bf16 autocast, single-copy splice, fused T5 pass, fused AdamW, ``torch.compile``.
+bf16 autocast, fused T5 pass, fused AdamW, ``torch.compile``.
 
 MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (all rows, fp32 ones included). Model FLOPs
 count the backbone only, per pointwise sequence of t positions (no padding), 2 FLOPs per
@@ -177,7 +177,7 @@ def per_candidate(batch: Batch) -> Batch:
 @torch.no_grad()
 def reference_scores(model: GenSR, batch: Batch, chunk: int = 512) -> torch.Tensor:
     """P(Yes) (B, C) the reference way: per-candidate instances (history views re-encoded
-    for every candidate), the original splice, and one-token ``generate``."""
+    for every candidate) and one-token ``generate``."""
     b, c = batch.candidates.shape
     flat = per_candidate(batch)
     core = model.backbone.core
@@ -187,7 +187,7 @@ def reference_scores(model: GenSR, batch: Batch, chunk: int = 512) -> torch.Tens
         sub = flat.select(slice(start, start + chunk))  # type: ignore[arg-type]
         enc = model.encode_history(sub)
         vectors = model.slot_vectors(enc, sub.candidates)
-        embeds, mask = model.prompt_embeddings(enc, vectors, splice="where")
+        embeds, mask = model.prompt_embeddings(enc, vectors)
         gen = core.generate(inputs_embeds=embeds, attention_mask=mask.long(), max_new_tokens=1,
                             do_sample=False, num_beams=1, output_scores=True,
                             return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
@@ -389,7 +389,6 @@ def scoring_levers(args: argparse.Namespace, device: torch.device) -> list[Lever
                   base),
             Lever("gensr fp32: history per instance, one decoder step", "gensr", "fp32", base)]
     steps = [("+ bf16 weights", "bf16", {}),
-             ("+ single-copy splice", "bf16", {"splice": "index"}),
              ("+ fused T5 pass (SDPA, one bias/batch)", "bf16", {"runner": "fused"}),
              ("+ length buckets (8 tokens)", "bf16", {"bucket": 8}),
              ("+ buckets padded to 16 positions", "bf16", {"pad_to": 16}),
@@ -413,7 +412,6 @@ def training_levers(args: argparse.Namespace, device: torch.device) -> list[Leve
             Lever("gensr fp32: history per instance", "gensr", "fp32", base)]
     steps: list[tuple[str, str, dict, bool]] = [
         ("+ bf16 autocast", "bf16", {}, False),
-        ("+ single-copy splice", "bf16", {"splice": "index"}, False),
         ("+ fused T5 pass (SDPA, one bias/batch)", "bf16", {"runner": "fused"}, False),
         ("+ fused AdamW", "bf16", {}, True)]
     if args.compile:

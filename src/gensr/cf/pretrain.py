@@ -45,6 +45,7 @@ from gensr.data.dataset import SRData, load_data
 from gensr.errors import ConfigError, DataError
 from gensr.eval.metrics import rank_metrics
 from gensr.progress import progress as progress_bar
+from gensr.tensor import pick_device
 
 VALID_KS: tuple[int, ...] = (10, 20)
 FALLBACK_RULE = "mean of the trained vectors"
@@ -290,8 +291,6 @@ def pretrain_cf(
     card: settings, graph sizes, fallback counts, the best epoch's valid figures next to
     popularity's, per-epoch history and times.
     """
-    from gensr.runs import pick_device
-
     start = time.time()
     out = Path(out)
     if out.suffix != SUFFIX:
