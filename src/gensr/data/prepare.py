@@ -9,8 +9,16 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from gensr.data.canonical import RawLog, Report, SplitStrategy, write_canonical
+from gensr.data.canonical import (
+    RawLog,
+    Report,
+    SplitStrategy,
+    check_negatives,
+    check_output_dir,
+    write_canonical,
+)
 from gensr.errors import DataError
+from gensr.outputs import check_not_input
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,11 @@ def prepare(
             raise DataError(f"source {source!r} needs --raw PATH")
         if not raw_path.exists():
             raise DataError(f"raw path {raw_path} does not exist")
+    out = Path(out)
+    # before any reading: never write over (or delete) an input, a file or a foreign folder
+    check_not_input(out, {"raw input": raw_path}, DataError)
+    check_output_dir(out, overwrite)
+    check_negatives(n_negatives)
     options = dict(options or {})
     if source != "synthetic":
         options.setdefault("seed", seed)

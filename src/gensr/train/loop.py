@@ -36,12 +36,20 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import gensr
-from gensr.data.batching import TASK_INDEX, Batch, InstanceTable, TrainSampler, eval_instances
+from gensr.data.batching import (
+    TASK_INDEX,
+    Batch,
+    InstanceTable,
+    TrainSampler,
+    eval_instances,
+    tasks_present,
+)
 from gensr.data.dataset import SRData
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
+from gensr.outputs import MARKER, write_marker
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
@@ -93,6 +101,8 @@ def warmup_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> InstanceTable:
     """The seeded subset of valid instances used for mid-training validation."""
     table = eval_instances(data, "valid", tasks=tasks)
+    if len(table) == 0:
+        return table
     n = max(1, round(config.eval_fraction * len(table)))
     if config.eval_max_instances is not None:
         n = min(n, config.eval_max_instances)
@@ -172,13 +182,30 @@ def fit(
     keep = np.isin(sampler.task, [TASK_INDEX[t] for t in model.tasks])
     n_train = int(keep.sum())
     if n_train == 0:
-        raise ConfigError(f"{data.path}: no training interactions for {list(model.tasks)}")
+        raise DataError(f"{data.path}: no training interactions for {list(model.tasks)}: "
+                        f"nothing to train {model.name} on")
+    untrained = [t for t in model.tasks if not (sampler.task == TASK_INDEX[t]).any()]
+    if untrained:
+        log(f"warning: the training split has no {' or '.join(untrained)} interactions: "
+            f"{model.name} trains on {', '.join(t for t in model.tasks if t not in untrained)} "
+            "only")
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = steps_per_epoch * config.max_epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every or max(1, steps_per_epoch // 2)
     valid = valid_subset(data, model.tasks, config)
+    validated = tasks_present(valid)
+    if not validated:
+        raise DataError(f"{data.path}: the valid split has no {' or '.join(model.tasks)} "
+                        f"instances: nothing to validate {model.name} on")
+    unvalidated = [t for t in model.tasks if t not in validated]
+    if unvalidated:
+        if metric_task in unvalidated:
+            raise ConfigError(f"train.metric {config.metric!r}: the valid split has no "
+                              f"{metric_task} instances (use mean/… or another task)")
+        log(f"warning: the valid split has no {' or '.join(unvalidated)} instances: "
+            f"validating on {', '.join(validated)} only")
     local_valid = valid.subset(np.arange(rank, len(valid), world))
 
     # optimizer and schedule
@@ -198,6 +225,8 @@ def fit(
             f"batch {state.batch})")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if main and not (run_dir / MARKER).exists():
+        write_marker(run_dir, "run")  # gensr wrote it: a later fresh start may clear it
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step if resume else None) \
         if main else None
     info = {
@@ -207,6 +236,8 @@ def fit(
         "precision": accelerator.mixed_precision, "num_processes": world,
         "device": str(accelerator.device), "device_name": _device_name(accelerator.device),
     }
+    if main and not resume:  # the settings, before any step (a kill -9 keeps them)
+        _write_run_info(run_dir, model, data, config, state, "started", info)
 
     def save_checkpoint(rng: dict[str, Any]) -> None:
         staged = checkpoint.staging_dir(run_dir)

@@ -56,6 +56,10 @@ DEFAULT_SRC_ITEM_TYPES = ("VIDEO", "IMAGE_ATLAS")
 _WORD_LIST = r"^\[[\d\s,]*\]$"
 
 
+MAX_MS = 1e14  # Unix ms from here on are after the year 5000 (µs or ns given as ms; past 2**63
+# they would overflow): refused as not milliseconds
+
+
 @dataclass(frozen=True)
 class Field:
     """A CSV column, how it is parsed and what makes a value bad.
@@ -85,7 +89,7 @@ class Field:
         if self.kind == "int":
             return v.is_null()
         if self.kind == "ms":
-            return v.is_null() | v.is_nan() | (v < 0)
+            return v.is_null() | v.is_nan() | (v < 0) | (v >= MAX_MS)
         if self.kind == "flag":
             return ~v.is_in([0.0, 1.0]).fill_null(False)
         if self.kind == "count":
