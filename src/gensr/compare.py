@@ -56,7 +56,7 @@ from gensr.eval.protocol import evaluate_table
 from gensr.eval.tables import TABLE_METRICS, Cell, to_markdown
 from gensr.models.base import ModelConfig
 from gensr.models.registry import MODELS, model_class
-from gensr.outputs import check_output_path, remove_owned
+from gensr.outputs import check_output_path, make_dir, remove_owned
 from gensr.runs import load_run, pick_device, prepare_inference, read_run_info, resolve_precision
 from gensr.train import TrainConfig, train_run
 from gensr.train.checkpoint import LAST
@@ -485,7 +485,7 @@ def compare(
     plans = [plan_model(n, config, cf) for n in names]  # every setting checked up front
     table = evaluation_table(data, config.eval)
     names, plans = _servable(names, plans, data, table, config.eval.split, log)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, ConfigError)
     cf_record = _ensure_cf(plans, config, data, out, device=device, log=log)
     if cf is not None:
         cf_record = {"path": str(cf), "pretrained_here": False, "time_s": 0.0}

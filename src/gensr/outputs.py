@@ -118,6 +118,16 @@ def check_output_path(out: str | Path, error: type[GensrError], option: str = "-
         raise error(f"{option} {out}: cannot write in {target} (permission denied)")
 
 
+def make_dir(path: str | Path, error: type[GensrError]) -> Path:
+    """``mkdir -p path``, with a one-line ``error`` when the system refuses it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise error(f"cannot create {path}: {err.strerror or type(err).__name__}") from None
+    return path
+
+
 def check_not_input(out: str | Path, inputs: Mapping[str, str | Path | None],
                     error: type[GensrError], option: str = "--out") -> None:
     """Refuse an output that is one of ``inputs`` (label -> path), holds one, or lies inside

@@ -20,11 +20,18 @@ from rich.console import Console
 from gensr.data import load_data
 from gensr.data.dataset import SRData
 from gensr.data.prepare import prepare
-from gensr.eval.protocol import evaluate
 from gensr.errors import RunError
+from gensr.eval.protocol import evaluate
 from gensr.eval.tables import print_table, to_markdown
 from gensr.models.registry import model_class
-from gensr.outputs import MARKER, check_output_path, check_replaceable, remove_owned, write_marker
+from gensr.outputs import (
+    MARKER,
+    check_output_path,
+    check_replaceable,
+    make_dir,
+    remove_owned,
+    write_marker,
+)
 from gensr.runs import load_run, pick_device, read_run_info
 
 REFERENCE_SCORERS = ("random", "pop", "bm25")
@@ -112,7 +119,7 @@ def run_quickstart(
     check_replaceable(out, "quickstart", RunError)
     if fresh:
         remove_owned(out, "quickstart", RunError)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, RunError)
     if not (out / MARKER).exists():
         write_marker(out, "quickstart")
     data = _data(out, console, synthetic)

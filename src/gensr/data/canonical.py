@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from gensr.data import schema
 from gensr.data.candidates import build_candidates
 from gensr.errors import DataError
-from gensr.outputs import MARKER, check_output_path, check_replaceable, write_marker
+from gensr.outputs import MARKER, check_output_path, check_replaceable, make_dir, write_marker
 
 SplitStrategy = Literal["loo", "day", "given"]
 
@@ -318,8 +318,12 @@ def write_canonical(
         "settings": report.settings,
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    make_dir(out_dir.parent, DataError)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as err:
+        raise DataError(f"cannot write in {out_dir.parent}: "
+                        f"{err.strerror or type(err).__name__}") from None
     try:
         _write(tmp / "interactions.parquet", inter, schema.INTERACTIONS)
         _write(tmp / "items.parquet", items_out, schema.ITEMS)

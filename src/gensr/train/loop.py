@@ -49,7 +49,7 @@ from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
-from gensr.outputs import MARKER, write_marker
+from gensr.outputs import MARKER, make_dir, write_marker
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
@@ -224,7 +224,7 @@ def fit(
         log(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, "
             f"batch {state.batch})")
     elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir, RunError)
     if main and not (run_dir / MARKER).exists():
         write_marker(run_dir, "run")  # gensr wrote it: a later fresh start may clear it
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step if resume else None) \
