@@ -160,11 +160,15 @@ def check_replaceable(directory: str | Path, kind: str, error: type[GensrError],
         return
     found = marker_kind(directory)
     foreign = foreign_entries(directory, kind) if directory.is_dir() else []
-    if found == kind and foreign:
+    legacy = found is None and not (directory / MARKER).exists() and any(
+        (directory / a).exists() for a in LEGACY_ANCHOR.get(kind, ()))
+    if (found == kind or legacy) and foreign:
         why = f"it holds files gensr did not write there ({', '.join(foreign[:3])}" + (
             " …)" if len(foreign) > 3 else ")")
     elif found is not None:
         why = f"it is a {WHAT[found]}, not a {WHAT[kind]}"
+    elif (directory / MARKER).exists():
+        why = f"its {MARKER} marker is not one gensr wrote"
     else:
         why = f"gensr did not write it (no {MARKER} marker of a {WHAT[kind]})"
     raise error(f"refusing to delete {directory}: {why}; delete it yourself or choose "

@@ -27,7 +27,8 @@ from gensr.models.registry import model_class
 from gensr.outputs import (
     MARKER,
     check_output_path,
-    check_replaceable,
+    is_empty_dir,
+    is_owned,
     make_dir,
     remove_owned,
     write_marker,
@@ -116,9 +117,12 @@ def run_quickstart(
     start = time.time()
     check_output_path(out, RunError)
     # only a quickstart folder gensr wrote is reused, or deleted by --fresh
-    check_replaceable(out, "quickstart", RunError)
     if fresh:
         remove_owned(out, "quickstart", RunError)
+    elif out.is_dir() and not is_empty_dir(out) and not is_owned(out, "quickstart"):
+        raise RunError(f"--out {out} exists, is not empty and is not a quickstart folder gensr "
+                       f"wrote (no {MARKER} marker, or files of yours in it): choose another "
+                       "--out")
     make_dir(out, RunError)
     if not (out / MARKER).exists():
         write_marker(out, "quickstart")

@@ -111,6 +111,8 @@ def prepare(
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     spec = SOURCES[source]
+    if split is not None and split not in ("loo", "day", "given"):
+        raise DataError(f"unknown split strategy {split!r} (use loo, day or given)")
     raw_path = Path(raw) if raw is not None else None
     if spec.needs_raw:
         if raw_path is None:

@@ -135,7 +135,8 @@ def safe_load(path: Path) -> Any:
         raise RunError(f"{path} is not a readable checkpoint ({_first_sentence(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
             AttributeError, TypeError, IndexError) as err:
-        raise RunError(f"{path} is not a readable checkpoint ({_first_sentence(err)})") from None
+        raise RunError(f"{path} is not a readable checkpoint (damaged or truncated: "
+                       f"{_first_sentence(err)})") from None
 
 
 def _part(saved: Any, key: str, path: Path) -> Any:

@@ -71,6 +71,8 @@ def _check_header(path: Path, sep: str, required: tuple[str, ...]) -> None:
     """A header naming a column twice, or lacking one because of the separator, is an
     error that says so."""
     header = _header(path, sep)
+    if not any(header):
+        raise DataError("the file is empty (expected a header line)", file=str(path))
     seen: dict[str, int] = {}
     for n, name in enumerate(header, start=1):
         if name in seen:

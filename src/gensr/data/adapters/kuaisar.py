@@ -331,7 +331,7 @@ def read_kuaisar(
         rec_path, REC_FIELDS,
         keep=lambda v: v("click") == 1,
         parsed=lambda v: {"user": v("user_id"), "item": v("item_id"),
-                          "ms": v("timestamp").round(0).cast(pl.Int64)},
+                          "ms": v("timestamp").round(0).cast(pl.Int64, strict=False)},
     )
     n_rec = _n_rows(rec_path)
     report.read(rec_path, n_rec)
@@ -341,7 +341,7 @@ def read_kuaisar(
         src_path, SRC_FIELDS,
         keep=lambda v: v("click_cnt") > 0,
         parsed=lambda v: {"user": v("user_id"), "item": v("item_id"),
-                          "ms": v("search_session_timestamp").round(0).cast(pl.Int64),
+                          "ms": v("search_session_timestamp").round(0).cast(pl.Int64, strict=False),
                           "keyword": v("keyword"), "item_type": v("item_type").fill_null("")},
     )
     n_src = _n_rows(src_path)
