@@ -875,3 +875,17 @@ def test_a_task_missing_from_a_split_is_a_warning(rec_only_data, capsys, tmp_pat
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert list(report["models"]) == ["sasrec", "pop"]
     assert set(report["models"]["pop"]["mean"]) == {"rec"}
+
+
+def test_backbone_export_overwrites_only_an_export(tmp_path):
+    from gensr.errors import RunError
+    from gensr.models.gensr.backbones.export import export_backbone
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "weights.bin").write_text("precious")
+    with pytest.raises(RunError, match="not a backbone gensr exported"):
+        export_backbone("google/flan-t5-small", mine, overwrite=True)
+    with pytest.raises(RunError, match="is a file, not a folder"):
+        export_backbone("google/flan-t5-small", mine / "weights.bin", overwrite=True)
+    assert (mine / "weights.bin").read_text() == "precious"
