@@ -333,6 +333,22 @@ def _unwritable(c: Ctx) -> list:
             "--option", "n_items=60", "--negatives", "3"]
 
 
+def _no_valid_day(c: Ctx) -> Path:
+    """A data directory split by day whose valid day (the one before the last) is empty."""
+    rows = ["user,item,timestamp,behaviour,query"]
+    for u in range(N_USERS):
+        for j, day in enumerate((0, 1, 2, 4)):
+            src = j % 2 == 1
+            rows.append(f"u{u},I{(u + j) % N_ITEMS:02d},{1_700_006_400 + 86_400 * day + 60 * u},"
+                        f"{'src' if src else 'rec'},{'garden gadget' if src else ''}")
+    raw = c.tmp / "raw"
+    _write(raw / "items.csv", ITEMS)
+    _write(raw / "interactions.csv", rows)
+    out, report = prepare("csv", raw, c.tmp / "days", split="day", n_negatives=3)
+    assert any("the valid split has no rec or src" in n for n in report.notes)
+    return out
+
+
 def _compare_foreign(c: Ctx) -> list:
     seed = c.tmp / "cmp" / "sasrec" / "seed0"
     seed.mkdir(parents=True)
@@ -662,6 +678,18 @@ CASES = [
     Case("train-search-model-on-rec-only-data",
          lambda c: ["train", "--model", "tem", "--data", c.rec_data, "--out", c.tmp / "r",
                     "--set", "progress=false"], "no training interactions for ['src']"),
+    Case("train-with-an-empty-valid-split",
+         lambda c: ["train", "--model", "sasrec", "--data", _no_valid_day(c), "--out",
+                    c.tmp / "r", "--set", "progress=false"],
+         "the valid split has no rec instances: nothing to validate sasrec on"),
+    Case("evaluate-an-empty-valid-split",
+         lambda c: ["evaluate", "--model", "pop", "--data", _no_valid_day(c), "--split", "valid"],
+         "the valid split of"),
+    Case("compare-on-an-empty-split",
+         lambda c: ((c.tmp / "c.yaml").write_text("eval: {split: valid}\n"),
+                    ["compare", "--data", _no_valid_day(c), "--out", c.tmp / "cmp", "--models",
+                     "pop", "--config", c.tmp / "c.yaml"])[1],
+         "the valid split has no evaluation instances"),
     Case("compare-only-search-models-on-rec-only-data",
          lambda c: ["compare", "--data", c.rec_data, "--out", c.tmp / "cmp", "--models",
                     "tem,bm25"], "none of the models"),
@@ -875,6 +903,16 @@ def test_a_task_missing_from_a_split_is_a_warning(rec_only_data, capsys, tmp_pat
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert list(report["models"]) == ["sasrec", "pop"]
     assert set(report["models"]["pop"]["mean"]) == {"rec"}
+    # a model of both tasks trains and validates on the one the data have
+    code, text = _gensr(capsys, "train", "--model", "unisar", "--data", rec_only_data, "--out",
+                        tmp_path / "uni", *[x for s in ("hidden=16", "max_steps=2",
+                                                        "eval_every=2", "progress=false",
+                                                        "batch_size=16") for x in ("--set", s)])
+    assert code == 0, text
+    assert "warning: the training split has no src interactions: unisar trains on rec only" \
+        in text
+    assert "warning: the valid split has no src instances: validating on rec only" in text
+    assert set(json.loads((tmp_path / "uni" / "run.json").read_text())["best_valid"]) == {"rec"}
 
 
 def test_backbone_export_overwrites_only_an_export(tmp_path):
