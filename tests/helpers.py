@@ -18,3 +18,24 @@ def shared_path(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+def run_gensr(*args: str) -> tuple[int, str]:
+    """Run ``gensr ARGS`` in-process through the console-script entry point (so errors get
+    its one-line, exit-2 treatment); returns (exit code, stdout + stderr)."""
+    import contextlib
+    import io
+    import sys
+    from unittest import mock
+
+    from gensr.cli import main
+
+    out = io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", ["gensr", *map(str, args)]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from gensr.data import load_data
 from gensr.data.adapters.csv import parse_timestamp, read_csv_logs
+from gensr.data.batching import eval_instances
 from gensr.data.prepare import prepare
 from gensr.errors import DataError
 
@@ -136,3 +138,68 @@ def test_src_rows_need_a_query_column_and_options_are_checked(tmp_path):
         read_csv_logs(raw, min_item="many")
     with pytest.raises(DataError, match="expected a folder"):
         read_csv_logs(raw / "items.csv")
+
+
+def _movielens_like(raw: Path, with_event_column: bool) -> None:
+    """One rating = one event written as two rows: a rec row and a src row (query = genre),
+    as a user turning MovieLens into S&R logs would write it."""
+    raw.mkdir()
+    genres = ["comedy", "drama", "horror", "action"]
+    items = ["item,text,category"] + [f"m{i},Movie {i},{genres[i % 4]}" for i in range(1, 121)]
+    (raw / "items.csv").write_text("\n".join(items) + "\n")
+    lines = ["user,item,timestamp,behaviour,query" + (",event" if with_event_column else "")]
+    for u in range(1, 31):
+        for k in range(8):
+            item = 1 + (u * 37 + k * 11) % 120
+            stamp = 881250949 + 3600 * (u * 100 + k)
+            for behaviour, query in (("rec", ""), ("src", genres[item % 4])):
+                row = f"u{u},m{item},{stamp},{behaviour},{query}"
+                lines.append(row + (f",r{u}-{k}" if with_event_column else ""))
+    (raw / "interactions.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("with_event_column", [False, True])
+def test_rec_and_src_rows_of_one_event_are_twins(tmp_path, with_event_column):
+    raw = tmp_path / "raw"
+    _movielens_like(raw, with_event_column)
+    out, report = prepare("csv", raw, tmp_path / "d")
+    data = load_data(out)
+    inter = data.interactions
+    # each (user, item, time) pair is one seq: the twins share it
+    assert inter.group_by("user_id", "seq").len()["len"].unique().to_list() == [2]
+    for split in ("valid", "test"):
+        frame = data.candidates(split)
+        assert sorted(frame["task"].unique().to_list()) == ["rec", "src"]  # both tasks
+        table = eval_instances(data, split)
+        hist, _, _ = data.sequences.history(table.user, table.seq, 50)
+        target = np.take_along_axis(table.candidates, table.target_pos[:, None], axis=1)
+        assert not (hist == target).any(), f"a {split} target is in its own history"
+    assert report.counts["targets_in_own_history"] == {"valid": 0, "test": 0}
+    assert any("as one event" in n for n in report.notes)
+
+
+def test_target_in_own_history_is_warned_about(tmp_path):
+    raw = tmp_path / "raw"
+    _movielens_like(raw, False)
+    text = (raw / "interactions.csv").read_text().splitlines()
+    # the src twin one second later: no longer one event, so each target repeats its twin
+    shifted = [text[0]] + [
+        ",".join([*(f := line.split(","))[:2], str(int(f[2]) + (f[3] == "src")), *f[3:]])
+        for line in text[1:]]
+    (raw / "interactions.csv").write_text("\n".join(shifted) + "\n")
+    _, report = prepare("csv", raw, tmp_path / "d")
+    assert report.counts["targets_in_own_history"]["test"] > 0
+    assert any("already in their own history" in n for n in report.notes)
+
+
+def test_rows_of_one_event_need_one_timestamp(tmp_path):
+    raw = tmp_path / "raw"
+    _movielens_like(raw, True)
+    lines = (raw / "interactions.csv").read_text().splitlines()
+    f = lines[2].split(",")
+    f[2] = str(int(f[2]) + 5)
+    lines[2] = ",".join(f)
+    (raw / "interactions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="different timestamps") as err:
+        prepare("csv", raw, tmp_path / "d")
+    assert "line 3" in str(err.value)

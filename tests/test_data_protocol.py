@@ -11,6 +11,7 @@ from gensr.data import load_data
 from gensr.data.batching import TrainSampler, eval_instances
 from gensr.eval import evaluate
 from gensr.models import model_class
+from gensr.models.base import ModelConfig, SRModel
 
 
 def _scorer(name, data):
@@ -135,14 +136,78 @@ def test_history_and_query_carry_signal(synthetic_data_dir):
     assert both["src"]["N@10"] > bm["src"]["N@10"]
 
 
-def test_full_ranking_masks_training_items(tiny_data):
+class _SeenThenTarget(SRModel):
+    """Scores every item: 2 for the user's items of ``favoured`` splits, 1 for the instance's
+    target (looked up by user and task; the tiny data has one instance per pair), else 0."""
+
+    name = "seen-then-target"
+    trainable = False
+
+    def __init__(self, data, split, favoured):
+        super().__init__(ModelConfig(), data)
+        frame = data.candidates(split)
+        self.target = {(u, 0 if t == "rec" else 1): i for u, t, i in
+                       zip(frame["user_id"], frame["task"], frame["target_item"])}
+        rows = data.interactions.filter(pl.col("split").is_in(favoured))
+        self.seen: dict[int, list[int]] = {}
+        for u, i in zip(rows["user_id"], rows["item_id"]):
+            self.seen.setdefault(u, []).append(i)
+
+    def score_all(self, batch):
+        out = torch.zeros(len(batch), self.n_items + 1)
+        for row, (u, t) in enumerate(zip(batch.user.tolist(), batch.task.tolist())):
+            out[row, self.target[(u, t)]] = 1.0
+            out[row, self.seen.get(u, [])] = 2.0
+        return out
+
+
+def test_full_ranking_masks_train_and_valid_items_at_test(tiny_data):
     from gensr.eval import evaluate_full
 
-    pop = _scorer("pop", tiny_data)
-    full = evaluate_full(pop, tiny_data, "test", progress=False)
+    # the user's train and valid items outscore the target: masked, the target is first
+    model = _SeenThenTarget(tiny_data, "test", ["train", "valid"])
+    full = evaluate_full(model, tiny_data, "test", progress=False)
     assert set(full) == {"rec", "src"}
-    assert 0.0 <= full["rec"]["R@20"] <= 1.0
-    # a scorer that puts the user's training items on top must not gain from them
-    rand = _scorer("random", tiny_data)
-    r = evaluate_full(rand, tiny_data, "test", progress=False)
-    assert r["rec"]["R@20"] < 0.3
+    for task in ("rec", "src"):
+        assert full[task]["R@1"] == pytest.approx(1.0)
+        assert full[task]["n"] == tiny_data.candidates("test").filter(
+            pl.col("task") == task).height
+
+
+def test_full_ranking_at_valid_masks_train_only(tiny_data):
+    from gensr.eval import evaluate_full
+
+    # at valid the user's test items are the future: not masked, they outrank the target
+    model = _SeenThenTarget(tiny_data, "valid", ["test"])
+    full = evaluate_full(model, tiny_data, "valid", progress=False)
+    assert full["rec"]["R@1"] < 0.8
+    model = _SeenThenTarget(tiny_data, "valid", ["train"])
+    assert evaluate_full(model, tiny_data, "valid", progress=False)["rec"]["R@1"] == (
+        pytest.approx(1.0))
+
+
+def test_seen_before_splits(tiny_data):
+    from gensr.eval.protocol import seen_before
+
+    inter = tiny_data.interactions
+    users, items = seen_before(tiny_data, "test")
+    assert len(users) == inter.filter(pl.col("split") != "test").height
+    assert np.all(np.diff(users) >= 0)
+    assert len(seen_before(tiny_data, "valid")[0]) == tiny_data.train().height
+
+
+def test_training_negatives_exclude_training_items_only(tiny_data):
+    sampler = TrainSampler(tiny_data, n_negatives=40, seed=3)
+    inter = tiny_data.interactions
+    by_split = {s: set(zip(*inter.filter(pl.col("split") == s).select("user_id", "item_id")
+                            .to_numpy().T.tolist())) for s in ("train", "valid", "test")}
+    future = (by_split["valid"] | by_split["test"]) - by_split["train"]
+    drawn_future = 0
+    for epoch in range(2):
+        table, _ = sampler.epoch(epoch)
+        neg = table.candidates[:, 1:]
+        pairs = set(zip(np.repeat(table.user, neg.shape[1]).tolist(), neg.ravel().tolist()))
+        assert not pairs & by_split["train"]  # never a training item of the user
+        drawn_future += len(pairs & future)
+    # the user's valid/test items are future knowledge: they stay eligible as negatives
+    assert drawn_future > 0

@@ -235,3 +235,16 @@ def test_analysis_hooks(tiny_data):
     assert rep.shape == (*batch.candidates.shape, 32)
     shared = model.shared_parameters()
     assert shared and all("encoder.block.0" in name for name, _ in shared)
+
+
+def test_default_templates_are_the_papers_wording_and_sets_are_named():
+    from gensr.models.gensr.configuration import TEMPLATES, GenSRConfig, resolve_template
+
+    config = GenSRConfig()
+    assert config.rec_template.startswith("A user has given high ratings to the following "
+                                          "{items}:")
+    assert "would enjoy the {item} {cf_candidate}" in config.rec_template
+    assert config.src_template.endswith('{sem_candidate} based on the query "{query}"? Answer '
+                                        'with "Yes" or "No".')
+    assert resolve_template("interacted", "src") == TEMPLATES["interacted"][1]
+    assert resolve_template("my {cf_history}", "rec") == "my {cf_history}"

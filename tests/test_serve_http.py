@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -169,7 +170,7 @@ def _malformed(items: list[str]) -> list[tuple[str, dict, int, str, str]]:
         ("top_k a string", body(top_k="5"), 422, "invalid_request", "top_k"),
         ("top_k a float", body(top_k=2.5), 422, "invalid_request", "top_k"),
         ("top_k a bool", body(top_k=True), 422, "invalid_request", "top_k"),
-        ("unknown field", body(user="u1"), 422, "invalid_request", "user: unknown field"),
+        ("unknown field", body(shopper="u1"), 422, "invalid_request", "shopper: unknown field"),
         ("history an object", body(history={"item": items[0]}), 422, "invalid_request",
          "history"),
         ("history entry a string", body(history=[items[0]]), 422, "invalid_request",
@@ -250,7 +251,11 @@ def test_schemathesis_finds_no_failure(servers, tmp_path):
            "--request-timeout", "20"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
-    assert "No issues found" in res.stdout
+    # "No issues found", or only schemathesis' warning that most generated bodies were
+    # refused: they name made-up item ids (422 unknown_item), which the schema cannot rule out
+    summary = re.search(r"(\d+) generated, (\d+) passed\s", res.stdout)
+    assert summary and summary.group(1) == summary.group(2), res.stdout[-3000:]
+    assert "FAILURES" not in res.stdout and "failed" not in res.stdout.split("SUMMARY")[-1]
     assert httpx.get(servers["gensr"].url + "/healthz").status_code == 200
 
 

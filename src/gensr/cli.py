@@ -112,6 +112,34 @@ def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data direc
         per = dict(cands.group_by("task").len().iter_rows())
         console.print(f"{split} instances: rec {per.get('rec', 0):,}  src {per.get('src', 0):,}"
                       f"  ({len(cands['candidates'][0]) if cands.height else 0} candidates each)")
+    from gensr.data.candidates import stored_strategies
+
+    console.print(f"candidate strategies stored: {', '.join(stored_strategies(data.path))}")
+
+
+@data_app.command("candidates")
+def data_candidates(
+    data_dir: Path = typer.Argument(..., help="A canonical data directory."),
+    strategy: str = typer.Option(..., "--strategy", help="uniform | bm25-hard | popular "
+                                 "(docs/data.md#evaluation-candidates)."),
+    seed: int | None = typer.Option(None, help="Seed (default: the one the data was "
+                                    "prepared with)."),
+    negatives: int | None = typer.Option(None, help="Negatives per instance (default: the "
+                                         "prepared ones, 99)."),
+    overwrite: bool = typer.Option(False, help="Replace this strategy's existing files."),
+) -> None:
+    """Write another strategy's evaluation candidates beside the ones the data has."""
+    from gensr.data import load_data
+    from gensr.data.candidates import write_candidates
+
+    data = load_data(data_dir)
+    card = write_candidates(data, strategy, seed=seed, n_negatives=negatives,
+                            overwrite=overwrite)
+    files = card["files"]
+    n = card["instances"]
+    console.print(f"{strategy} candidates (seed {card['seed']}, {card['n_negatives']} "
+                  f"negatives): wrote {files['valid']} ({n['valid']:,} instances) and "  # type: ignore[index]
+                  f"{files['test']} ({n['test']:,}) in {card['time_s']}s", highlight=False)  # type: ignore[index]
 
 
 # --- training --------------------------------------------------------------------------
@@ -141,8 +169,11 @@ def train_cmd(
 
     if run.get("trained") and PartialState().is_main_process:
         best = run["best_metric"]
+        from gensr.train.loop import STOP_REASONS
+
+        why = STOP_REASONS.get(run.get("stop_reason") or "", run["status"])
         console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
-                      f"{run['best_step']} of {run['steps']} ({run['status']}, "
+                      f"{run['best_step']} of {run['steps']} ({why}, "
                       f"{time.time() - start:.0f}s) -> {out}")
 
 
@@ -164,13 +195,16 @@ def evaluate_cmd(
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
+    candidates: str = typer.Option("uniform", "--candidates", help="Candidate strategy: "
+                                   "uniform | bm25-hard | popular (`gensr data candidates`)."),
 ) -> None:
     """Evaluate a trained run or a reference scorer on the stored candidates."""
     from gensr.eval.runner import evaluate_run
 
     evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
-                 device=device, console=console, precision=precision, fast_path=fast_path)
+                 device=device, console=console, precision=precision, fast_path=fast_path,
+                 candidates=candidates)
 
 
 # --- comparison --------------------------------------------------------------------------
@@ -183,14 +217,23 @@ def compare_cmd(
     models: str = typer.Option("gensr,unisar,sasrec,tem,disc,pop,bm25", "--models",
                                help="Comma-separated model names (table columns, in order)."),
     config: Path | None = typer.Option(None, "--config", help="YAML: defaults.train, "
-                                       "models.NAME.{model,train}, eval, cf."),
+                                       "models.NAME.{model,train}, eval, cf, seeds, "
+                                       "history_window, validation, significance."),
     cf: Path | None = typer.Option(None, "--cf", help="CF item table for the models that take "
                                    "one (default: pretrain OUT/cf.safetensors)."),
-    seeds: int = typer.Option(1, "--seeds", help="Runs per seeded model; >1 reports mean ± "
-                              "std."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Runs per seeded model (seeds "
+                                     "train.seed … + N − 1; default: the config's seeds: "
+                                     "list, else 1); >1 reports mean ± std."),
     max_instances: int | None = typer.Option(None, "--max-instances", help="Seeded subset of "
                                              "the evaluation instances (overrides "
                                              "eval.max_instances)."),
+    candidates: str | None = typer.Option(None, "--candidates", help="Candidate strategy: "
+                                          "uniform | bm25-hard | popular (overrides "
+                                          "eval.candidates; `gensr data candidates`)."),
+    history_window: int | None = typer.Option(None, "--history-window", help="max_his_len "
+                                              "(interactions) of every model that reads a "
+                                              "history and sets none (overrides the config's "
+                                              "history_window)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     progress: bool = typer.Option(True, help="Show evaluation progress bars."),
     precision: str = _precision_option(),
@@ -200,8 +243,8 @@ def compare_cmd(
     from gensr.compare import compare
 
     compare(data, models, out, config_path=config, cf_path=cf, seeds=seeds,
-            max_instances=max_instances, device=device, progress=progress,
-            precision=precision, fast_path=fast_path,
+            max_instances=max_instances, candidates=candidates, history_window=history_window,
+            device=device, progress=progress, precision=precision, fast_path=fast_path,
             log=lambda s: console.print(s, highlight=False, soft_wrap=True), console=console)
 
 
@@ -268,6 +311,8 @@ def rank_cmd(
         None, help='Item ids to rank: "B003,B004,..." or @FILE.'),
     query: str | None = typer.Option(None, help="Search query (leave out to recommend)."),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Show only the best k."),
+    user: str | None = typer.Option(None, help="Original user id (models that read user ids "
+                                    "need it: UniSAR, TEM with user_embedding, lightgcn)."),
     request: str | None = typer.Option(
         None, help="Or a JSON request file (the body of POST /v1/rank; - for stdin)."),
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
@@ -284,17 +329,19 @@ def rank_cmd(
     from gensr.serve.ranker import Ranker
 
     if request is not None:
-        if history or candidates or query or top_k:
-            raise ConfigError("give either --request FILE or --history/--candidates/--query")
+        if history or candidates or query or top_k or user:
+            raise ConfigError("give either --request FILE or "
+                              "--history/--candidates/--query/--user")
         req = load_request(request)
         hist, cands, query, top_k = req.history, req.candidates, req.query, req.top_k
+        user = req.user
     else:
         if not candidates:
             raise ConfigError("--candidates is required (or --request FILE)")
         hist, cands = parse_history(history), parse_candidates(candidates)
     ranker = Ranker.from_run(run_dir, data=data, device=device, precision=precision,
                              fast_path=fast_path)
-    ranking = ranker.rank(hist, cands, query=query, top_k=top_k)
+    ranking = ranker.rank(hist, cands, query=query, top_k=top_k, user=user)
     if as_json:
         print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
         return

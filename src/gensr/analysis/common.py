@@ -157,7 +157,14 @@ def shared_cf_path(runs: Sequence[AnalysisRun], cf: str | Path | None) -> Path:
     if cf is not None:
         path = Path(cf)
     else:
-        named = sorted({r.cf_path for r in runs if r.cf_path})
+        from gensr.cf.table import file_sha256
+
+        # runs hold their own copies of one table: the same file bytes count as one table
+        by_hash: dict[str, str] = {}
+        for r in runs:
+            if r.cf_path and Path(r.cf_path).is_file():
+                by_hash.setdefault(file_sha256(r.cf_path), r.cf_path)
+        named = sorted(by_hash.values()) or sorted({r.cf_path for r in runs if r.cf_path})
         if len(named) != 1:
             why = "none of the runs names one" if not named else f"the runs name {named}"
             raise ConfigError(f"the analysis features need one CF table and {why}: pass "

@@ -41,6 +41,10 @@ class LightGCNScorer(SRModel):
         self.register_buffer("item", table.item, persistent=False)
         self.register_buffer("user", table.user, persistent=False)
 
+    @property
+    def reads_user_ids(self) -> bool:
+        return True  # the user's LightGCN vector is the whole query side
+
     def score(self, batch: Batch) -> torch.Tensor:
         return torch.einsum("bd,bcd->bc", self.user[batch.user], self.item[batch.candidates])
 

@@ -9,8 +9,10 @@ validation figures. Both files are written atomically (a temporary file renamed 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,23 @@ def _atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_table(source: str | Path, dest: str | Path) -> None:
+    """Copy a table and its card to ``dest`` (atomically; the card only if there is one)."""
+    source, dest = Path(source), Path(dest)
+    _atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
+    if card_path(source).is_file():
+        _atomic_write(card_path(dest), lambda tmp: shutil.copyfile(card_path(source), tmp))
 
 
 @dataclass

@@ -75,6 +75,7 @@ class InstanceTable:
     candidates: np.ndarray  # (N, C)
     labels: np.ndarray | None = None  # (N, C)
     target_pos: np.ndarray | None = None  # (N,)
+    instance_id: np.ndarray | None = None  # (N,) the stored instance ids (evaluation)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -95,6 +96,7 @@ class InstanceTable:
             seq=frame["seq"].to_numpy().astype(np.int64),
             candidates=cands,
             target_pos=frame["target_pos"].to_numpy().astype(np.int64),
+            instance_id=frame["instance_id"].to_numpy().astype(np.int64),
         )
 
     def subset(self, index: np.ndarray) -> InstanceTable:
@@ -140,9 +142,13 @@ def tasks_present(table: InstanceTable) -> tuple[str, ...]:
 
 
 def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,
-                   max_instances: int | None = None, seed: int = 0) -> InstanceTable:
-    """The stored evaluation instances of a split, optionally a seeded subset per task."""
-    frame = data.candidates(split)
+                   max_instances: int | None = None, seed: int = 0,
+                   candidates: str = "uniform") -> InstanceTable:
+    """The stored evaluation instances of a split, optionally a seeded subset per task.
+
+    ``candidates`` names the candidate strategy; every strategy stores the same instances in
+    the same order, so a subset (same seed) holds the same instances whatever the strategy."""
+    frame = data.candidates(split, candidates)
     if tasks is not None:
         frame = frame.filter(pl.col("task").is_in(list(tasks)))
     table = InstanceTable.from_candidates(frame)
@@ -156,8 +162,10 @@ def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = Non
 class TrainSampler:
     """Training instances: each training-split interaction as a positive with ``k`` negatives.
 
-    Negatives are drawn uniformly from items the user never interacted with, anew each epoch
-    from ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
+    Negatives are drawn uniformly from items the user never interacted with *in the training
+    split* (what a model may know at training time; the user's valid and test items are future
+    events and stay eligible, as in the LightGCN sampler), anew each epoch from
+    ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
     def __init__(self, data: SRData, n_negatives: int, seed: int = 0) -> None:
@@ -170,9 +178,7 @@ class TrainSampler:
         self.task = np.where(train["behaviour"].to_numpy() == "rec", 0, 1).astype(np.int64)
         self.query = train["query_id"].fill_null(0).to_numpy().astype(np.int64)
         self.seq = train["seq"].to_numpy().astype(np.int64)
-        inter = data.interactions
-        self.interacted = InteractedSet(inter["user_id"].to_numpy(), inter["item_id"].to_numpy(),
-                                        data.n_items)
+        self.interacted = InteractedSet(self.user, self.item, data.n_items)
 
     def __len__(self) -> int:
         return len(self.user)

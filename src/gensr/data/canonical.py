@@ -186,6 +186,30 @@ def _assign_split(inter: pl.DataFrame, strategy: SplitStrategy, day_seconds: int
     raise DataError(f"unknown split strategy {strategy!r} (use loo, day or given)")
 
 
+def _targets_in_history(inter: pl.DataFrame, report: Report) -> dict[str, int]:
+    """Valid/test interactions whose item the user already had earlier (smaller ``seq``), per
+    split; a note in the report when there are any. Repeat consumption is real in some data,
+    but when it is most instances, rows that are one event were probably read as two (a "copy
+    the last item" scorer would then look perfect)."""
+    out: dict[str, int] = {}
+    for split in ("valid", "test"):
+        targets = inter.filter(pl.col("split") == split).select(
+            "user_id", "item_id", pl.col("seq").alias("target_seq"))
+        earlier = targets.join(inter.select("user_id", "item_id", "seq"),
+                               on=["user_id", "item_id"])
+        hit = earlier.filter(pl.col("seq") < pl.col("target_seq")).unique(
+            ["user_id", "item_id", "target_seq"]).height
+        out[split] = hit
+        if hit:
+            share = hit / max(targets.height, 1)
+            report.notes.append(
+                f"warning: {hit:,} of {targets.height:,} {split} targets ({share:.0%}) are "
+                "already in their own history (the user had the item before). Fine for "
+                "repeat consumption; if rows that are one event (a purchase logged as a rec "
+                "and a src row) were read as two, group them (csv: an `event` column)")
+    return out
+
+
 def fingerprint_arrays(inter: pl.DataFrame, n_items: int) -> str:
     """A content hash of the canonical interactions and item count (names the data)."""
     h = hashlib.sha256()
@@ -300,6 +324,7 @@ def write_canonical(
     cand_tables = build_candidates(inter, n_items, seed=seed, n_negatives=n_negatives)
 
     counts = dataset_counts(inter, n_items, queries.height)
+    counts["targets_in_own_history"] = _targets_in_history(inter, report)
     report.counts = counts
     report.settings.update({"split": split, "seed": seed, "n_negatives": n_negatives})
     meta = {

@@ -1,11 +1,13 @@
 """The evaluation protocol: every model, the same stored candidates, the same metrics.
 
 Sampled mode (the paper's): each valid/test instance ranks its 100 stored candidates (the
-target and 99 items the user never interacted with, in a shuffled order); Recall@K and NDCG@K
-for K in {1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
+target and 99 items the user never interacted with, in a shuffled order; the negatives of the
+chosen candidate strategy, :mod:`gensr.data.candidates`); Recall@K and NDCG@K for K in
+{1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
 
-Full-ranking mode: models that can score every item rank the whole catalogue; the user's
-other interacted items (training split) are masked, the target never is.
+Full-ranking mode: models that can score every item rank the whole catalogue; the items the
+user interacted with in the splits before the evaluated one are masked (valid: train; test:
+train and valid, RecBole's rule), the target never is.
 """
 
 from __future__ import annotations
@@ -52,20 +54,39 @@ def evaluate(
     progress: bool = True,
     scores_out: str | Path | None = None,
     seed: int = 0,
+    candidates: str = "uniform",
 ) -> Metrics:
     """Score ``split``'s stored candidates with ``model``; metrics per task.
 
     Tasks the model does not serve (``model.tasks``) are skipped. ``max_instances`` takes a
     seeded subset (the same for every model). ``scores_out`` writes every instance's scores
-    to a Parquet file (instance_id, task, scores).
+    to a Parquet file (:func:`write_scores`). ``candidates`` names the candidate
+    strategy (:mod:`gensr.data.candidates`: uniform, bm25-hard, popular).
     """
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     if not tasks:
         return {}
-    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed)
+    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed,
+                           candidates=candidates)
     return evaluate_table(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
                           device=device, progress=progress, scores_out=scores_out,
                           desc=f"{model.name} {split}")
+
+
+def write_scores(table: InstanceTable, scores: np.ndarray, path: str | Path) -> None:
+    """One row per instance: ``instance_id`` (the id in ``candidates_{split}.parquet``, so the
+    file joins back after subsetting), ``user_id``, ``task``, ``target_pos`` and ``scores``
+    (one float per stored candidate, in the stored order)."""
+    n = len(table)
+    ids = table.instance_id if table.instance_id is not None else np.full(n, -1, np.int64)
+    target = table.target_pos if table.target_pos is not None else np.full(n, -1, np.int64)
+    pl.DataFrame({
+        "instance_id": ids.astype(np.int64),
+        "user_id": table.user.astype(np.int64),
+        "task": np.where(table.task == 0, "rec", "src"),
+        "target_pos": target.astype(np.int64),
+        "scores": list(scores.astype(np.float32)),
+    }, schema_overrides={"scores": pl.List(pl.Float32)}).write_parquet(path)
 
 
 @torch.no_grad()
@@ -83,12 +104,32 @@ def evaluate_table(
     desc: str = "evaluate",
 ) -> Metrics:
     """Like :func:`evaluate` on an explicit :class:`InstanceTable` (used by the trainer)."""
+    values = instance_metrics(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
+                              device=device, progress=progress, scores_out=scores_out,
+                              desc=desc)
+    return summarise_instances(table.task, values, ks)
+
+
+@torch.no_grad()
+def instance_metrics(
+    model: SRModel,
+    data: SRData,
+    table: InstanceTable,
+    *,
+    batch_size: int = 64,
+    ties: TieRule = "expected",
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    scores_out: str | Path | None = None,
+    desc: str = "evaluate",
+) -> dict[str, np.ndarray]:
+    """Every instance's ``R@K``/``N@K`` (float64 arrays in ``table``'s order): what the
+    per-task means summarise and what paired significance tests compare."""
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device
-    per_task: dict[str, dict[str, list[torch.Tensor]]] = {
-        t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
-    }
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names(ks)}
     saved: list[np.ndarray] = []
     n_batches = (len(table) + batch_size - 1) // batch_size
     max_his_len = model.config.max_his_len
@@ -97,23 +138,47 @@ def evaluate_table(
         batch = batch.to(device)
         scores = model.score(batch).float()
         metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
-        for task, index in TASK_INDEX.items():
-            sel = batch.task == index
-            if sel.any():
-                for name, values in metrics.items():
-                    per_task[task][name].append(values[sel].cpu())
+        for name, values in metrics.items():
+            parts[name].append(values.cpu())
         if scores_out is not None:
             saved.append(scores.cpu().numpy())
     if was_training:
         model.train()
     if scores_out is not None:
         all_scores = np.concatenate(saved) if saved else np.zeros((0, 0), np.float32)
-        pl.DataFrame({
-            "row": np.arange(len(table), dtype=np.int64),
-            "user_id": table.user, "task": np.where(table.task == 0, "rec", "src"),
-            "scores": list(all_scores.astype(np.float32)),
-        }).write_parquet(scores_out)
-    return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)
+        write_scores(table, all_scores, scores_out)
+    return {name: (torch.cat(p).numpy() if p else np.zeros(0)) for name, p in parts.items()}
+
+
+def summarise_instances(task: np.ndarray, values: dict[str, np.ndarray],
+                        ks: tuple[int, ...] = KS) -> Metrics:
+    """Per-task means (and instance counts ``n``) of per-instance metrics; ``task`` holds
+    :data:`TASK_INDEX` codes."""
+    out: Metrics = {}
+    for name, index in TASK_INDEX.items():
+        sel = np.asarray(task) == index
+        if not sel.any():
+            continue
+        row = {m: float(values[m][sel].mean()) for m in metric_names(ks)}
+        row["n"] = int(sel.sum())
+        out[name] = row
+    return out
+
+
+#: the splits whose items are masked when ranking the whole catalogue for each split
+MASKED_SPLITS = {"train": (), "valid": ("train",), "test": ("train", "valid")}
+
+
+def seen_before(data: SRData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) sorted by user: what each user interacted with in the splits before
+    ``split`` (valid: train; test: train and valid), masked in full ranking."""
+    if split not in MASKED_SPLITS:
+        raise ValueError(f"split must be one of {list(MASKED_SPLITS)}, got {split!r}")
+    rows = data.interactions.filter(pl.col("split").is_in(list(MASKED_SPLITS[split])))
+    users = rows["user_id"].to_numpy().astype(np.int64)
+    items = rows["item_id"].to_numpy().astype(np.int64)
+    order = np.argsort(users, kind="stable")
+    return users[order], items[order]
 
 
 @torch.no_grad()
@@ -128,18 +193,15 @@ def evaluate_full(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Metrics:
-    """Full ranking over all items; the user's training items are masked (not the target)."""
+    """Full ranking over all items; the user's items of earlier splits are masked
+    (:func:`seen_before`), the target never is."""
     if not model.supports_full_ranking:
         raise NotImplementedError(f"{model.name} cannot score every item")
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     frame = data.candidates(split).filter(pl.col("task").is_in(list(tasks)))
     table = InstanceTable.from_candidates(frame)
     targets = frame["target_item"].to_numpy().astype(np.int64)
-    train = data.train()
-    seen_u = train["user_id"].to_numpy().astype(np.int64)
-    seen_i = train["item_id"].to_numpy().astype(np.int64)
-    order = np.argsort(seen_u, kind="stable")
-    seen_u, seen_i = seen_u[order], seen_i[order]
+    seen_u, seen_i = seen_before(data, split)
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device

@@ -29,6 +29,9 @@ from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, DataError, RunError
 
+#: the copy of the CF table a run directory holds (models with a ``cf_path`` setting)
+CF_FILE = "cf.safetensors"
+
 
 @dataclass
 class ModelConfig:
@@ -111,6 +114,8 @@ class SRModel(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("rec", "src")
     trainable: ClassVar[bool] = True
     reads_query_text: ClassVar[bool] = True  # False: unseen queries need no registration
+    # False: the scores never depend on the history (config.max_his_len is not a window)
+    reads_history: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, data: SRData) -> None:
         super().__init__()
@@ -119,6 +124,13 @@ class SRModel(nn.Module):
         self.data_fingerprint = data.fingerprint
         # query text -> id: the data's queries, plus any that add_queries registers later
         self.known_queries: dict[str, int] = dict(data.query_index)
+        # the CF table the model was built from, pinned by hash when a run directory is saved
+        source = cf_source(config)
+        self.cf_sha256: str | None = None
+        if source and Path(source).is_file():
+            from gensr.cf.table import file_sha256
+
+            self.cf_sha256 = file_sha256(source)
 
     # --- the interface -------------------------------------------------------------------
     def loss(self, batch: Batch) -> ModelOutput:
@@ -160,6 +172,12 @@ class SRModel(nn.Module):
         raise NotImplementedError(f"{self.name} names no shared self-attention block")
 
     @property
+    def reads_user_ids(self) -> bool:
+        """Whether scores depend on ``batch.user`` (a learned or pretrained user vector):
+        serving such a model needs the request's ``user``. Default False."""
+        return False
+
+    @property
     def supports_full_ranking(self) -> bool:
         return type(self).score_all is not SRModel.score_all
 
@@ -192,6 +210,7 @@ class SRModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_artifacts(directory)
+        cf = self._save_cf_table(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         # tied weights share storage: keep one name per storage, safetensors refuses aliases
         seen: dict[int, str] = {}
@@ -207,7 +226,32 @@ class SRModel(nn.Module):
             "model": self.name,
             "config": dataclasses.asdict(self.config),
             "data_fingerprint": self.data_fingerprint,
+            **({"cf_table": cf} if cf else {}),
         }, indent=2))
+
+    def _save_cf_table(self, directory: Path) -> dict[str, str] | None:
+        """Copy the CF table the model was built from into ``directory`` (``cf.safetensors``)
+        and return its pin (file name, SHA-256, where it came from), so that the run directory
+        holds what it needs and a later ``pretrain-cf`` to the source path changes nothing."""
+        source = cf_source(self.config)
+        if not source:
+            return None
+        from gensr.cf.table import copy_table, file_sha256
+
+        dest = directory / CF_FILE
+        if not Path(source).is_file():
+            raise RunError(f"the CF table {source} the model was built from is gone: cannot "
+                           f"save it into {directory}")
+        digest = file_sha256(dest) if dest.is_file() else None
+        if digest is None or (digest != self.cf_sha256
+                              and Path(source).resolve() != dest.resolve()):
+            copy_table(source, dest)  # first save, or a stale copy from an earlier model
+            digest = file_sha256(dest)
+        if self.cf_sha256 is not None and digest != self.cf_sha256:
+            raise RunError(f"the CF table {source} changed since the model was built from it "
+                           "(another `gensr pretrain-cf` to that path?): not saving a run "
+                           "that would pair these weights with another table")
+        return {"file": CF_FILE, "sha256": digest, "source": str(source)}
 
     @classmethod
     def build(cls, config: ModelConfig, data: SRData, artifacts: Path | None = None) -> SRModel:
@@ -228,21 +272,41 @@ class SRModel(nn.Module):
             config = update_config(cls.config_class(), card["config"])
         except ConfigError as err:
             raise RunError(f"{directory / 'model.json'}: {err}") from None
+        pin = card.get("cf_table")
+        if pin:  # the run's own copy of the CF table, checked against its pin
+            from gensr.cf.table import file_sha256
+
+            local = directory / pin.get("file", CF_FILE)
+            if not local.is_file():
+                raise RunError(f"{local} is missing: the run's copy of its CF table (pinned "
+                               f"as sha256 {pin.get('sha256', '?')[:12]}…) is needed to load it")
+            if file_sha256(local) != pin.get("sha256"):
+                raise RunError(f"{local} does not match the SHA-256 pinned in "
+                               f"{directory / 'model.json'}: the CF table was changed after "
+                               "training; restore it or train again")
+            config = update_config(config, {"cf_path": str(local)})
         model = cls.build(config, data, artifacts=directory)
         weights = directory / "model.safetensors"
-        if weights.exists():
-            state = _load_weights(weights)
-            try:
-                missing, unexpected = model.load_state_dict(state, strict=False)
-            except RuntimeError as err:  # a tensor of the wrong shape
-                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                raise RunError(f"{weights}: weights do not fit the model "
-                               f"({lines[-1][:160] if lines else 'shape mismatch'})") from None
-            missing = [m for m in missing if not _is_alias(model, m, state)]
-            if missing or unexpected:
-                raise RunError(f"{weights}: weights do not fit the model "
-                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if not weights.exists():  # never score random weights as if they were trained
+            raise RunError(f"{weights} is missing: the run holds no weights (an unfinished "
+                           "or damaged run; train it again or restore the file)")
+        state = _load_weights(weights)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of the wrong shape
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            raise RunError(f"{weights}: weights do not fit the model "
+                           f"({lines[-1][:160] if lines else 'shape mismatch'})") from None
+        missing = [m for m in missing if not _is_alias(model, m, state)]
+        if missing or unexpected:
+            raise RunError(f"{weights}: weights do not fit the model "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model
+
+
+def cf_source(config: Any) -> str:
+    """The ``cf_path`` setting of a model config ("" when it has none)."""
+    return str(getattr(config, "cf_path", "") or "")
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -281,4 +345,6 @@ def read_model_card(directory: str | Path) -> dict[str, Any]:
         if not isinstance(card.get(key), kind):
             raise RunError(f"{path}: '{key}' is missing or not a {kind.__name__}: not a "
                            "model.json gensr wrote")
+    if card.get("cf_table") is not None and not isinstance(card["cf_table"], dict):
+        raise RunError(f"{path}: 'cf_table' is not a dict: not a model.json gensr wrote")
     return card

@@ -132,6 +132,11 @@ def _request_model(ranker: Ranker) -> type[BaseModel]:
         query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
                                   description="Search query text; leave out to recommend.")
         top_k: int | None = Field(None, ge=1, description="Return only the best k.")
+        user: str | None = Field(
+            None, min_length=1, max_length=256,
+            description="Original user id. Required by models that read user ids "
+                        f"({'this one does' if ranker.model.reads_user_ids else 'not this one'}"
+                        "); ignored by the others.")
 
     return RankBody
 
@@ -335,7 +340,7 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
     async def rank(body: RankBody) -> Any:  # type: ignore[valid-type]
         request = RankRequest(
             history=[(h.item, h.behaviour, h.query) for h in body.history],
-            candidates=body.candidates, query=body.query, top_k=body.top_k)
+            candidates=body.candidates, query=body.query, top_k=body.top_k, user=body.user)
         prepared = ranker.prepare(request)  # 422 here: nothing is queued
         result = await batcher.submit(prepared)
         if isinstance(result, Exception):  # pragma: no cover - the batcher raises these

@@ -36,6 +36,18 @@ class UnknownItemError(RequestError):
         self.items = items
 
 
+class UnknownUserError(RequestError):
+    """A user id that the model's data does not know, for a model that reads user ids."""
+
+    code = "unknown_user"
+
+
+class UserRequiredError(RequestError):
+    """The model reads user ids (a learned user vector) and the request names no user."""
+
+    code = "user_required"
+
+
 class TaskNotServedError(RequestError):
     """The model does not serve the request's task (e.g. bm25 asked to recommend)."""
 

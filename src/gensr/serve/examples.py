@@ -13,10 +13,11 @@ from gensr.data.dataset import SRData
 
 def instance_requests(data: SRData, table: InstanceTable, max_history: int | None = None
                       ) -> list[dict]:
-    """One request body per instance of ``table``: the user's history before the instance
-    (all of it, or its last ``max_history`` interactions), the candidates, and the query of a
-    search instance."""
+    """One request body per instance of ``table``: the user (original id), the user's history
+    before the instance (all of it, or its last ``max_history`` interactions), the candidates,
+    and the query of a search instance."""
     orig = data.item_orig_id
+    users = data.user_orig_id
     seqs = data.sequences
     ends = seqs.history_end(table.user, table.seq)
     bodies = []
@@ -32,7 +33,8 @@ def instance_requests(data: SRData, table: InstanceTable, max_history: int | Non
             if seqs.query[j]:
                 entry["query"] = data.query_text[seqs.query[j]]
             history.append(entry)
-        body = {"history": history, "candidates": [orig[c] for c in table.candidates[row]]}
+        body = {"history": history, "candidates": [orig[c] for c in table.candidates[row]],
+                "user": users[table.user[row]]}
         if table.task[row] == 1:
             body["query"] = data.query_text[table.query[row]]
         bodies.append(body)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gensr.errors import ConfigError
-from gensr.serve.ranker import Interaction, RankRequest
+from gensr.serve.ranker import REQUEST_FIELDS, Interaction, RankRequest
 
 
 def _entry(text: str, where: str) -> Interaction:
@@ -78,9 +78,10 @@ def load_request(path: str) -> RankRequest:
         raise ConfigError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: the request must be a JSON object")
-    extra = set(body) - {"history", "candidates", "query", "top_k"}
+    extra = set(body) - set(REQUEST_FIELDS)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(extra)}; expected history, "
-                          "candidates, query, top_k")
+        raise ConfigError(f"{where}: unknown field(s) {sorted(extra)}; expected "
+                          f"{', '.join(REQUEST_FIELDS)}")
     return RankRequest(history=body.get("history") or [], candidates=body.get("candidates")
-                       or [], query=body.get("query"), top_k=body.get("top_k"))
+                       or [], query=body.get("query"), top_k=body.get("top_k"),
+                       user=body.get("user"))

@@ -3,8 +3,9 @@
 A request names everything in the data's *original* ids (``orig_id`` strings): the user's
 history as (item, behaviour[, query]) interactions, oldest first, the candidates, and for
 search the query text. :class:`Ranker` turns requests into one :class:`~gensr.data.Batch`
-(history truncated to the model's ``max_his_len`` and left-padded, user id 0 = unknown user),
-scores them with the model's ``score`` and returns each request's candidates best first.
+(history truncated to the model's ``max_his_len`` and left-padded; the optional ``user``, an
+original user id, mapped to its canonical id), scores them with the model's ``score`` and
+returns each request's candidates best first.
 
 One request is one instance with C candidates, so a model that encodes the history once per
 instance (GenSR does) reuses it across all C candidates. :meth:`Ranker.rank_many` scores many
@@ -34,8 +35,11 @@ from gensr.serve.errors import (
     RequestError,
     TaskNotServedError,
     UnknownItemError,
+    UnknownUserError,
+    UserRequiredError,
 )
 
+REQUEST_FIELDS = ("history", "candidates", "query", "top_k", "user")
 BEHAVIOURS = {"rec": 1, "src": 2}  # the Batch's hist_behaviour codes
 TASK_NAMES = {v: k for k, v in TASK_INDEX.items()}
 TASK_WORDS = {"rec": "recommendation (no query)", "src": "search (with a query)"}
@@ -59,12 +63,15 @@ HistoryEntry = Interaction | str | Sequence[Any] | Mapping[str, Any]
 @dataclass(frozen=True)
 class RankRequest:
     """One ranking request: ``history`` oldest first, ``candidates`` to rank, ``query`` for
-    search (None = recommendation), ``top_k`` to keep only the best k."""
+    search (None = recommendation), ``top_k`` to keep only the best k, ``user`` the original
+    user id (needed by models that read user ids, :attr:`SRModel.reads_user_ids`; ignored by
+    the others)."""
 
     history: Sequence[HistoryEntry] = ()
     candidates: Sequence[str] = ()
     query: str | None = None
     top_k: int | None = None
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class PreparedRequest:
     candidates: np.ndarray  # (C,) canonical ids
     candidate_ids: list[str]  # the same, original ids
     top_k: int | None
+    user: int = 0  # canonical user id; 0 = none given (models that read users refuse that)
 
 
 @dataclass
@@ -255,6 +263,7 @@ class Ranker:
             raise RequestError(f"top_k must be a positive integer, got {top_k!r}",
                                field="top_k")
 
+        user = self._user(request.user)
         history = request.history
         if isinstance(history, str) or not isinstance(history, Sequence):
             raise RequestError("history must be a list of interactions", field="history")
@@ -272,8 +281,27 @@ class Ranker:
             hist_item=[self.item_index[e.item] for e in kept],
             hist_behaviour=[BEHAVIOURS[e.behaviour] for e in kept],
             hist_query=[e.query for e in kept],
-            candidates=cand, candidate_ids=list(candidates), top_k=top_k,
+            candidates=cand, candidate_ids=list(candidates), top_k=top_k, user=user,
         )
+
+    def _user(self, user: Any) -> int:
+        """The canonical id of the request's user. Models that read user ids need a known
+        one; the others ignore it (0)."""
+        if user is not None and not isinstance(user, str):
+            raise RequestError(f"user must be an original user id string, got {user!r}",
+                               field="user")
+        if not self.model.reads_user_ids:
+            return 0
+        if user is None:
+            raise UserRequiredError(
+                f"{self.model.name} reads user ids (a learned user vector): give 'user', an "
+                "original user id of its training data", field="user")
+        uid = self.data.user_index.get(user)
+        if uid is None:
+            raise UnknownUserError(
+                f"unknown user id {user!r}: {self.model.name} reads user ids and knows only "
+                "the users of its training data (no cold-start fallback)", field="user")
+        return int(uid)
 
     def _check_query(self, query: Any, where: str) -> str:
         if not isinstance(query, str):
@@ -322,10 +350,12 @@ class Ranker:
 
     # --- ranking --------------------------------------------------------------------------
     def rank(self, history: Sequence[HistoryEntry] = (), candidates: Sequence[str] = (),
-             query: str | None = None, top_k: int | None = None) -> Ranking:
+             query: str | None = None, top_k: int | None = None,
+             user: str | None = None) -> Ranking:
         """Rank ``candidates`` for a user with ``history`` (oldest first), for search if a
-        ``query`` is given, else for recommendation. Raises :class:`RequestError`."""
-        return self.rank_many([RankRequest(history, candidates, query, top_k)])[0]  # type: ignore[return-value]
+        ``query`` is given, else for recommendation; ``user`` (original id) for models that
+        read user ids. Raises :class:`RequestError`."""
+        return self.rank_many([RankRequest(history, candidates, query, top_k, user)])[0]  # type: ignore[return-value]
 
     def rank_many(self, requests: Sequence[RankRequest | Mapping[str, Any]], *,
                   return_errors: bool = False) -> list[Ranking | GensrError]:
@@ -388,8 +418,9 @@ class Ranker:
     def _resolve_queries(self, p: PreparedRequest) -> _Resolved:
         """Query ids: the request's query is registered with the model when unseen (models
         that read query text); history queries are looked up only, an unseen one is 0 (no
-        query id) — no model reads history query text, and registering every text users
-        ever typed would grow the model's tables for nothing."""
+        query id: UniSAR, which reads history query ids, then treats that interaction as
+        having no query) — registering every text users ever typed would grow the model's
+        tables for nothing."""
         known = self.model.known_queries
         hist = [known.get(t, 0) if t is not None else 0 for t in p.hist_query]
         if p.query is None:
@@ -419,7 +450,7 @@ class Ranker:
                 hist[2, row, length - n:] = r.hist_query
         t = torch.from_numpy
         return Batch(
-            user=torch.zeros(b, dtype=torch.long),
+            user=torch.tensor([r.prepared.user for r in resolved], dtype=torch.long),
             task=torch.tensor([r.prepared.task for r in resolved], dtype=torch.long),
             query=torch.tensor([r.query for r in resolved], dtype=torch.long),
             hist_item=t(hist[0]), hist_behaviour=t(hist[1]), hist_query=t(hist[2]),
@@ -446,12 +477,12 @@ class Ranker:
 
 
 def _request_from_mapping(req: Mapping[str, Any]) -> RankRequest:
-    extra = set(req) - {"history", "candidates", "query", "top_k"}
+    extra = set(req) - set(REQUEST_FIELDS)
     if extra:
-        raise RequestError(f"unknown request field(s) {sorted(extra)}; expected history, "
-                           "candidates, query, top_k")
+        raise RequestError(f"unknown request field(s) {sorted(extra)}; expected "
+                           f"{', '.join(REQUEST_FIELDS)}")
     return RankRequest(history=req.get("history") or (), candidates=req.get("candidates", ()),
-                       query=req.get("query"), top_k=req.get("top_k"))
+                       query=req.get("query"), top_k=req.get("top_k"), user=req.get("user"))
 
 
 def _with_index(err: GensrError, index: int, total: int) -> GensrError:

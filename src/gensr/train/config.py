@@ -28,11 +28,15 @@ class TrainConfig:
     warmup_steps: int = 200
     max_epochs: int = 20
     max_steps: int | None = None  # stop after this many optimizer steps (None: max_epochs)
+    # stop once training has run this many minutes of wall time (None: no limit); the LR
+    # schedule still decays over max_steps/max_epochs, so a budget cuts it short
+    time_budget_min: float | None = None
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     # validation and early stopping
     eval_every: int | None = None  # steps between validations (None: twice per epoch)
     eval_fraction: float = 0.5  # seeded random share of the valid instances (reference: half)
     eval_max_instances: int | None = None  # cap on that subset (None: no cap)
+    eval_seed: int | None = None  # seed of that subset (None: the run's seed)
     eval_batch_size: int = 128
     metric: str = "mean/N@10"  # TASK/METRIC, TASK in mean|rec|src; mean = over model.tasks
     patience: int = 5  # validations without improvement before stopping (0: never stop early)
@@ -56,6 +60,9 @@ class TrainConfig:
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"train.{name} must be a finite number, got "
                                   f"{getattr(self, name)}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ConfigError(f"train.time_budget_min must be > 0 or null, got "
+                              f"{self.time_budget_min}")
         for name in ("lr", "weight_decay", "warmup_steps", "grad_clip", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")

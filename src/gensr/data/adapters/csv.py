@@ -11,7 +11,15 @@ timestamp integer Unix seconds, or an ISO 8601 date-time (``2024-03-01T18:30:00`
 behaviour ``rec`` (recommendation: a click/purchase with no query) or ``src`` (search)
 query     the query text of a ``src`` row; empty for ``rec`` (the column may be left out
           when there is no ``src`` row)
+event     optional: an event id (any text). Rows of one user with the same event id are
+          **one event** (they share one ``seq``: a purchase found by search is a ``rec`` row
+          and a ``src`` row of one event), so neither is in the other's history and both
+          land in the same split. They must have the same timestamp.
 ======== ==========================================================================
+
+Without an ``event`` column, rows of one user with the same item and the same timestamp are
+one event (the rec and src *twins* the Amazon adapters write); every other row is its own
+event.
 
 ``items.csv``: ``item,text[,category]``: the item id, its text (title, description…) and
 optionally its category path with levels separated by " > " (``Books > Fiction``).
@@ -23,7 +31,7 @@ probably milliseconds. A header that names a column twice is an error; rows that
 earlier row exactly (interactions: same user, item, behaviour, query and time; items: the
 same item, text and category) are dropped and counted in the report.
 
-Rows of one user are ordered by timestamp, then by line (rows of one user with the same
+Events of one user are ordered by timestamp, then by line (events of one user with the same
 timestamp stay in file order). ``min_user`` / ``min_item`` (default 1: keep everything)
 k-core filter the interactions. Any bad value raises a :class:`~gensr.errors.DataError`
 naming the file, line (the header is line 1) and column.
@@ -231,7 +239,8 @@ def _read_interactions(path: Path, items: pl.DataFrame, items_path: Path,
     if rec_with_query.height:
         report.notes.append(f"{rec_with_query.height} rec row(s) carry a query: it is ignored "
                             "(only src rows have queries)")
-    key = ["user", "item", "behaviour", "query", "seconds"]
+    key = ["user", "item", "behaviour", "query", "seconds",
+           *(["event"] if "event" in frame.columns else [])]
     n = frame.height
     frame = frame.with_columns(
         pl.when(pl.col("behaviour") == "src").then(pl.col("query")).alias("query")
@@ -242,12 +251,42 @@ def _read_interactions(path: Path, items: pl.DataFrame, items_path: Path,
     if repeated and 2 * repeated >= n:
         report.notes.append(f"{repeated:,} of the {n:,} rows of {path.name} repeat an earlier "
                             "row exactly: was the log exported twice?")
+    frame = _group_events(frame, path, report)
     return frame.select(
         "user", "item", "behaviour",
         pl.when(pl.col("behaviour") == "src").then(pl.col("query")).alias("query"),
         pl.col("seconds").alias("timestamp"),
-        pl.col("_line").cast(pl.Int64).alias("event"),
+        pl.col("event_line").cast(pl.Int64).alias("event"),
     )
+
+
+def _group_events(frame: pl.DataFrame, path: Path, report: Report) -> pl.DataFrame:
+    """``event_line``: the first line of each row's event (rows of one event share it).
+
+    With an ``event`` column, rows of one user with the same event id; without, rows of one
+    user with the same item and timestamp (rec/src twins). An event's rows must share one
+    timestamp."""
+    if "event" in frame.columns:
+        _require(frame, path, "event")
+        keys = ["user", "event"]
+        mixed = frame.group_by(keys).agg(pl.col("seconds").n_unique().alias("n"),
+                                         pl.col("_line").max().alias("line"))
+        mixed = mixed.filter(pl.col("n") > 1).sort("line")
+        if mixed.height:
+            row = mixed.row(0, named=True)
+            raise DataError(f"the rows of event {row['event']!r} of user {row['user']!r} have "
+                            "different timestamps (one event has one time)", file=str(path),
+                            line=int(row["line"]), column="timestamp")
+    else:
+        keys = ["user", "item", "seconds"]
+    frame = frame.with_columns(pl.col("_line").min().over(keys).alias("event_line"))
+    grouped = frame.height - frame.select(pl.col("event_line").n_unique()).item()
+    if grouped:
+        how = "the same event id" if "event" in frame.columns else \
+            "the same user, item and timestamp"
+        report.notes.append(f"{grouped} row(s) joined another row of {how} as one event "
+                            "(one seq: neither is in the other's history)")
+    return frame
 
 
 def read_csv_logs(

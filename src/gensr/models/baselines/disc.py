@@ -132,8 +132,12 @@ class DiscriminativeTwin(SRModel):
     def _token_table(config: DiscConfig, data: SRData, artifacts: Path | None
                      ) -> tuple[object, nn.Embedding]:
         """The tokenizer and an embedding table shaped like the backbone's input embeddings."""
-        if artifacts is not None and (artifacts / EMBEDDING_FILE).exists():
+        if artifacts is not None:  # a run directory: its own tokenizer, never a new one
             from transformers import AutoTokenizer
+
+            if not (artifacts / EMBEDDING_FILE).is_file():
+                raise RunError(f"{artifacts / EMBEDDING_FILE} is missing: the run's token "
+                               "table shape (an incomplete or damaged run)")
 
             shape = json.loads((artifacts / EMBEDDING_FILE).read_text())
             try:

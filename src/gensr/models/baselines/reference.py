@@ -6,14 +6,13 @@ so they sit in every comparison table beside the trained models.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gensr.data.batching import Batch
+from gensr.data.bm25 import BM25Index
 from gensr.data.dataset import SRData
 from gensr.data.text import analyze
 from gensr.models.base import ModelConfig, SRModel
@@ -25,24 +24,44 @@ class RandomConfig(ModelConfig):
 
 
 class RandomScorer(SRModel):
-    """Uniform random scores: the chance level of the protocol (R@5 ≈ 0.05)."""
+    """Uniform-looking random scores: the chance level of the protocol (R@5 ≈ 0.05).
+
+    A score is a hash of (seed, candidate, task, query, history), not a draw from a
+    generator, so the same request gets the same scores in evaluation and in serving.
+    """
 
     name = "random"
     config_class = RandomConfig
     trainable = False
     reads_query_text = False
+    reads_history = False
 
-    def __init__(self, config: RandomConfig, data: SRData) -> None:
-        super().__init__(config, data)
-        self.generator = torch.Generator().manual_seed(config.seed)
+    def _context(self, batch: Batch) -> torch.Tensor:
+        """(B, 1) int64: one hashed value per instance from everything but the candidates."""
+        pos = torch.arange(1, batch.hist_item.shape[1] + 1, device=batch.hist_item.device)
+        hist = (_mix(batch.hist_item * 2 + batch.hist_behaviour + pos) * batch.hist_mask).sum(1)
+        return _mix(_mix(batch.task + 2 * batch.query + int(self.config.seed) * 7919) + hist
+                    )[:, None]
 
     def score(self, batch: Batch) -> torch.Tensor:
-        return torch.rand(batch.candidates.shape, generator=self.generator).to(
-            batch.candidates.device)
+        return _unit(_mix(self._context(batch) ^ batch.candidates))
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return torch.rand((len(batch), self.n_items + 1), generator=self.generator).to(
-            batch.candidates.device)
+        items = torch.arange(self.n_items + 1, device=batch.candidates.device)[None]
+        return _unit(_mix(self._context(batch) ^ items))
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit integer mixer (SplitMix64's finaliser on int64, wrapping)."""
+    x = x.long() * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+    x = (x ^ (x >> 31)) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """int64 hashes -> floats in [0, 1) (24 bits)."""
+    return ((x >> 20) & 0xFFFFFF).float() / float(1 << 24)
 
 
 @dataclass
@@ -57,6 +76,7 @@ class PopularityScorer(SRModel):
     config_class = PopularityConfig
     trainable = False
     reads_query_text = False
+    reads_history = False
 
     def __init__(self, config: PopularityConfig, data: SRData) -> None:
         super().__init__(config, data)
@@ -88,31 +108,13 @@ class BM25Scorer(SRModel):
     config_class = BM25Config
     tasks = ("src",)
     trainable = False
+    reads_history = False
 
     def __init__(self, config: BM25Config, data: SRData) -> None:
         super().__init__(config, data)
-        texts = data.item_text
-        cats = data.item_category
-        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        lengths = np.zeros(data.n_items + 1)
-        for item in range(1, data.n_items + 1):
-            doc = texts[item] + (" " + cats[item] if config.use_category else "")
-            terms = analyze(doc)
-            lengths[item] = len(terms)
-            tf: dict[str, int] = defaultdict(int)
-            for t in terms:
-                tf[t] += 1
-            for t, n in tf.items():
-                postings[t].append((item, n))
-        avgdl = max(lengths[1:].mean(), 1e-9) if data.n_items else 1.0
-        n_docs = data.n_items
-        self.index: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for t, plist in postings.items():
-            items = np.fromiter((p[0] for p in plist), dtype=np.int64, count=len(plist))
-            tf_arr = np.fromiter((p[1] for p in plist), dtype=np.float64, count=len(plist))
-            idf = math.log(1 + (n_docs - len(plist) + 0.5) / (len(plist) + 0.5))
-            norm = config.k1 * (1 - config.b + config.b * lengths[items] / avgdl)
-            self.index[t] = (items, idf * tf_arr * (config.k1 + 1) / (tf_arr + norm))
+        self.bm25 = BM25Index(data.item_text,
+                              data.item_category if config.use_category else None,
+                              k1=config.k1, b=config.b)
         self.query_terms = [analyze(q) for q in data.query_text]
 
     def add_queries(self, texts: list[str]) -> list[int]:
@@ -127,12 +129,5 @@ class BM25Scorer(SRModel):
         cands = batch.candidates.cpu().numpy()
         out = np.zeros(cands.shape, dtype=np.float64)
         for row, qid in enumerate(batch.query.cpu().numpy()):
-            for term in self.query_terms[qid]:
-                hit = self.index.get(term)
-                if hit is None:
-                    continue
-                items, weights = hit
-                pos = np.minimum(np.searchsorted(items, cands[row]), len(items) - 1)
-                found = items[pos] == cands[row]
-                out[row, found] += weights[pos[found]]
+            out[row] = self.bm25.score(self.query_terms[qid], cands[row])
         return torch.from_numpy(out).to(batch.candidates.device)

@@ -115,6 +115,10 @@ class TEM(WordVocabularyArtifacts, SRModel):
     def score_all(self, batch: Batch) -> torch.Tensor:
         return self.user_query(batch) @ self.item_emb.weight.T
 
+    @property
+    def reads_user_ids(self) -> bool:
+        return bool(self.config.user_embedding)
+
     def loss(self, batch: Batch) -> ModelOutput:
         if batch.labels is None:
             raise ValueError("TEM.loss needs a batch with labels")

@@ -534,6 +534,10 @@ class UniSAR(WordVocabularyArtifacts, SRModel):
     def score(self, batch: Batch) -> torch.Tensor:
         return self._logits(batch)
 
+    @property
+    def reads_user_ids(self) -> bool:
+        return bool(self.config.user_embedding)
+
     def loss(self, batch: Batch) -> ModelOutput:
         cfg: UniSARConfig = self.config  # type: ignore[assignment]
         if batch.labels is None:

@@ -413,7 +413,11 @@ def load_backbone(name: str, *, artifacts: Path | None, corpus: list[str] | None
     name, local directory, GGUF file, ``bert2bert:NAME`` or a named backbone), optionally
     with LoRA adapters."""
     lora = lora or LoraSettings()
-    if artifacts is not None and (artifacts / "backbone" / "config.json").exists():
+    if artifacts is not None:  # a run directory: everything from it, never from the hub
+        if not (artifacts / "backbone" / "config.json").is_file():
+            raise RunError(f"{artifacts / 'backbone' / 'config.json'} is missing: a run "
+                           "directory's backbone loads offline from it (an incomplete or "
+                           "damaged run)")
         return _from_run_dir(artifacts, answer_yes, answer_no, lora)
     if name == SCRATCH:
         if gguf_file:

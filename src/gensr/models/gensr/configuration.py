@@ -6,21 +6,43 @@ from dataclasses import dataclass, field
 
 from gensr.models.base import ModelConfig
 
-# The reference templates (METHOD.md, "Task unifying"), with the domain noun as data.
-# Vector slots: {cf_history} {sem_history} {cf_candidate} {sem_candidate}; text slots:
-# {query} (search only), {items} / {item} (the domain noun, plural / singular).
-REC_TEMPLATE = (
-    "A user has interacted with the following {items}: {cf_history}. The semantic features "
-    "of these {items} are {sem_history}. Using all available information, make a prediction "
-    "about whether the user would enjoy the {item} {cf_candidate} with the semantic feature "
-    '{sem_candidate}? Answer with "Yes" or "No".'
-)
-SRC_TEMPLATE = (
-    "A user has interacted with the following {items}: {cf_history}. The semantic features "
-    "of these {items} are {sem_history}. Using all available information, make a prediction "
-    "about whether the user would click the {item} {cf_candidate} with the semantic feature "
-    '{sem_candidate} based on the query "{query}"? Answer with "Yes" or "No".'
-)
+# Prompt templates. Vector slots: {cf_history} {sem_history} {cf_candidate} {sem_candidate};
+# text slots: {query} (search only), {items} / {item} (the domain noun, plural / singular).
+# "paper": the reference wording (METHOD.md, "Task unifying"; books -> {items}/{item}), the
+# default. "interacted": gensr 0.1's neutral wording ("has interacted with", "would click").
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "paper": (
+        "A user has given high ratings to the following {items}: {cf_history}. The semantic "
+        "features of these {items} are {sem_history}. Using all available information, make a "
+        "prediction about whether the user would enjoy the {item} {cf_candidate} with the "
+        'semantic feature {sem_candidate}? Answer with "Yes" or "No".',
+        "A user has given high ratings to the following {items}: {cf_history}. The semantic "
+        "features of these {items} are {sem_history}. Using all available information, make a "
+        "prediction about whether the user would enjoy the {item} {cf_candidate} with the "
+        'semantic feature {sem_candidate} based on the query "{query}"? Answer with "Yes" or '
+        '"No".',
+    ),
+    "interacted": (
+        "A user has interacted with the following {items}: {cf_history}. The semantic features "
+        "of these {items} are {sem_history}. Using all available information, make a "
+        "prediction about whether the user would enjoy the {item} {cf_candidate} with the "
+        'semantic feature {sem_candidate}? Answer with "Yes" or "No".',
+        "A user has interacted with the following {items}: {cf_history}. The semantic features "
+        "of these {items} are {sem_history}. Using all available information, make a "
+        "prediction about whether the user would click the {item} {cf_candidate} with the "
+        'semantic feature {sem_candidate} based on the query "{query}"? Answer with "Yes" or '
+        '"No".',
+    ),
+}
+REC_TEMPLATE, SRC_TEMPLATE = TEMPLATES["paper"]
+
+
+def resolve_template(value: str, task: str) -> str:
+    """A template text, or the ``task`` ("rec"/"src") template of a named set in
+    :data:`TEMPLATES` (``rec_template: interacted``)."""
+    if value in TEMPLATES:
+        return TEMPLATES[value][0 if task == "rec" else 1]
+    return value
 
 
 @dataclass
@@ -56,7 +78,7 @@ class GenSRConfig(ModelConfig):
     # soft filter (Eq. 5-6): 1 head = the reference's bilinear score
     filter_heads: int = 1
     filter_value_projection: bool = True  # learned W_v (the reference used W_v = I)
-    # prompt (Eq. 7)
+    # prompt (Eq. 7): a template text or the name of a set in TEMPLATES (paper, interacted)
     rec_template: str = REC_TEMPLATE
     src_template: str = SRC_TEMPLATE
     domain_plural: str = "items"

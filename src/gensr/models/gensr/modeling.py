@@ -29,7 +29,7 @@ from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
 from gensr.models.gensr.backbone import Backbone, Seq2SeqBackbone, load_backbone
 from gensr.models.gensr.backbones import LoraSettings
-from gensr.models.gensr.configuration import GenSRConfig
+from gensr.models.gensr.configuration import GenSRConfig, resolve_template
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
@@ -103,10 +103,12 @@ class GenSR(SRModel):
         super().__init__(config, data)
         if not (config.use_cf_view or config.use_semantic_view):
             raise ConfigError("GenSR needs at least one view (cf or semantic)")
+        rec_template = resolve_template(config.rec_template, "rec")
+        src_template = resolve_template(config.src_template, "src")
         corpus = None
         if artifacts is None:
             corpus = [t for t in data.item_text[1:]] + [q for q in data.query_text[1:]]
-            corpus += [config.rec_template, config.src_template] * 20
+            corpus += [rec_template, src_template] * 20
         self.backbone: Backbone = load_backbone(
             config.backbone, artifacts=artifacts, corpus=corpus,
             answer_yes=config.answer_yes, answer_no=config.answer_no,
@@ -132,9 +134,9 @@ class GenSR(SRModel):
          self.cf_projection) = build_views(config, cf, data.n_items, d_model)
         self.prompts = PromptBuilder(
             tok,
-            PromptTemplate.parse(config.rec_template, plural=config.domain_plural,
+            PromptTemplate.parse(rec_template, plural=config.domain_plural,
                                  singular=config.domain_singular, needs_query=False),
-            PromptTemplate.parse(config.src_template, plural=config.domain_plural,
+            PromptTemplate.parse(src_template, plural=config.domain_plural,
                                  singular=config.domain_singular, needs_query=True),
             eos_id=self.backbone.eos_id, pad_id=self.backbone.pad_id,
         )
