@@ -892,7 +892,8 @@ def test_a_task_missing_from_a_split_is_a_warning(rec_only_data, capsys, tmp_pat
     assert code == 0, text
     assert "warning: the test split has no src instances: evaluating rec only" in text
     config = tmp_path / "c.yaml"
-    config.write_text("defaults:\n  train: {max_steps: 2, eval_every: 2, progress: false, "
+    config.write_text("history_window: 10\n"
+                      "defaults:\n  train: {max_steps: 2, eval_every: 2, progress: false, "
                       "batch_size: 32}\nmodels:\n  sasrec:\n    model: {hidden: 16, n_layers: 1}"
                       "\n")
     code, text = _gensr(capsys, "compare", "--data", rec_only_data, "--out", tmp_path / "cmp",
