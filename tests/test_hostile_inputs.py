@@ -756,6 +756,9 @@ def test_overwrite_replaces_only_gensrs_own_data_dir(tmp_path, capsys):
     assert _gensr(capsys, *args)[0] == 0
     assert json.loads((out / MARKER).read_text())["kind"] == "data" and is_owned(out, "data")
     (out / "interactions.parquet").write_bytes(b"old")
+    for name in ("candidates_test.bm25-hard.parquet", "candidates.bm25-hard.json"):
+        (out / name).write_bytes(b"x")  # what `gensr data candidates` adds: still gensr's
+    assert is_owned(out, "data")
     code, text = _gensr(capsys, *args, "--overwrite")
     assert code == 0, text
     assert (out / "interactions.parquet").read_bytes() != b"old"

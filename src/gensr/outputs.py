@@ -73,9 +73,26 @@ def _is_known(name: str, known: frozenset[str]) -> bool:
     return name.startswith(".") and any(name.startswith(f".{k}.tmp") for k in known)
 
 
+def _known(kind: str) -> frozenset[str] | None:
+    known = KNOWN[kind]
+    if kind == "data" and known is not None:  # + the files of `gensr data candidates`
+        from gensr.data.candidates import (
+            DEFAULT_STRATEGY,
+            STRATEGIES,
+            candidates_filename,
+            strategy_card_filename,
+        )
+
+        known = known | {candidates_filename(split, s) for s in STRATEGIES
+                         for split in ("valid", "test")}
+        known = known | {strategy_card_filename(s) for s in STRATEGIES
+                         if s != DEFAULT_STRATEGY}
+    return known
+
+
 def foreign_entries(directory: str | Path, kind: str) -> list[str]:
     """Entries of ``directory`` that gensr does not write in a folder of ``kind``."""
-    known = KNOWN[kind]
+    known = _known(kind)
     if known is None:
         return []
     return sorted(p.name for p in Path(directory).iterdir() if not _is_known(p.name, known))
