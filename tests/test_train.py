@@ -87,8 +87,8 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, monkeypatch):
         assert a["value"] == pytest.approx(b["value"], abs=1e-6)
     for name in ("model.safetensors", "last/checkpoint.pt"):
         if name.endswith(".pt"):
-            wa = torch.load(tmp_path / "full" / name, weights_only=False)["model"]
-            wb = torch.load(tmp_path / "cut" / name, weights_only=False)["model"]
+            wa = torch.load(tmp_path / "full" / name, weights_only=True)["model"]
+            wb = torch.load(tmp_path / "cut" / name, weights_only=True)["model"]
         else:
             wa, wb = _weights(tmp_path / "full" / name), _weights(tmp_path / "cut" / name)
         assert wa.keys() == wb.keys()

@@ -57,7 +57,6 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,16 +70,17 @@ import yaml
 
 import gensr
 from gensr.config import load_yaml, update_config
-from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances
+from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances, tasks_present
 from gensr.data.candidates import DEFAULT_STRATEGY, STRATEGIES
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import instance_metrics, summarise_instances
 from gensr.eval.significance import TESTS, compare_to_reference
 from gensr.eval.tables import TABLE_METRICS, TASK_NAMES, Cell, to_markdown
 from gensr.models.base import ModelConfig
 from gensr.models.registry import MODELS, model_class
+from gensr.outputs import check_output_path, make_dir, remove_owned
 from gensr.runs import load_run, pick_device, prepare_inference, read_run_info, resolve_precision
 from gensr.train import TrainConfig, train_run
 from gensr.train.checkpoint import LAST
@@ -440,7 +440,7 @@ def ensure_run(plan: ModelPlan, seed: int, run_dir: Path, data: SRData, *,
         if (run_dir / LAST).exists():
             raise RunError(f"{run_dir} has a checkpoint but no run.json: move it away")
         log(f"  {run_dir} holds a run that never reached a checkpoint: starting it again")
-        shutil.rmtree(run_dir)
+        remove_owned(run_dir, "run", RunError, {"data directory": data.path})
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
     _write_run_yaml(config_file, model_values, train_values)
     info = train_run(run_dir, plan.name, data.path, config_path=config_file, device=device,
@@ -757,6 +757,37 @@ def _ensure_cf(plans: list[ModelPlan], config: CompareConfig, data: SRData, out:
     return record
 
 
+def _servable(names: list[str], plans: list[ModelPlan], data: SRData, table: InstanceTable,
+              split: str, log: Callable[[str], None]) -> tuple[list[str], list[ModelPlan]]:
+    """The models that can serve at least one task the data has instances of (a warning
+    names each task a split lacks, and each model left out for it)."""
+    evaluated = set(tasks_present(table))
+    if not evaluated:
+        raise DataError(f"{data.path}: the {split} split has no evaluation instances")
+    trained = set(data.train()["behaviour"].unique().to_list())
+    validated = set(data.candidates("valid")["task"].unique().to_list())
+    for task in TASK_INDEX:
+        for where, present in ((f"{split} split", evaluated), ("training split", trained),
+                               ("valid split", validated)):
+            if task not in present and any(task in model_class(n).tasks for n in names):
+                what = "interactions" if where == "training split" else "instances"
+                log(f"warning: the {where} has no {task} {what}")
+    kept: list[tuple[str, ModelPlan]] = []
+    for name, plan in zip(names, plans):
+        usable = evaluated & set(model_class(name).tasks)
+        if plan.trainable:
+            usable &= trained & validated
+        if usable:
+            kept.append((name, plan))
+        else:
+            log(f"warning: {name} serves only {', '.join(model_class(name).tasks)}, which the "
+                "data cannot train or evaluate: left out")
+    if not kept:
+        raise DataError(f"{data.path}: none of the models {names} can be trained and "
+                        "evaluated on these data (see the warnings)")
+    return [n for n, _ in kept], [p for _, p in kept]
+
+
 def compare(
     data_dir: str | Path,
     models: str | list[str] | tuple[str, ...] = DEFAULT_MODELS,
@@ -805,13 +836,15 @@ def compare(
         cf = Path(cf_path).resolve()
         if not cf.exists():
             raise ConfigError(f"--cf: {cf_path} does not exist")
+    check_output_path(out, ConfigError)
     out = Path(out).resolve()
     data = load_data(data_dir)
     plans = [plan_model(n, config, cf) for n in names]  # every setting checked up front
     same_window = check_windows(plans, config.allow_different_windows)
     table = evaluation_table(data, config.eval)  # a missing candidates file fails here
+    names, plans = _servable(names, plans, data, table, config.eval.split, log)
     digest = table_digest(table)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, ConfigError)
     cf_record = _ensure_cf(plans, config, data, out, device=device, log=log)
     if cf is not None:
         cf_record = {"path": str(cf), "pretrained_here": False, "time_s": 0.0}

@@ -11,7 +11,6 @@ interrupted GenSR run resumes from its checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -21,9 +20,19 @@ from rich.console import Console
 from gensr.data import load_data
 from gensr.data.dataset import SRData
 from gensr.data.prepare import prepare
+from gensr.errors import RunError
 from gensr.eval.protocol import evaluate
 from gensr.eval.tables import print_table, to_markdown
 from gensr.models.registry import model_class
+from gensr.outputs import (
+    MARKER,
+    check_output_path,
+    is_empty_dir,
+    is_owned,
+    make_dir,
+    remove_owned,
+    write_marker,
+)
 from gensr.runs import load_run, pick_device, read_run_info
 
 REFERENCE_SCORERS = ("random", "pop", "bm25")
@@ -79,7 +88,7 @@ def _train(out: Path, data: SRData, cf_path: Path, device: str | None, max_steps
     sets = [f"train.max_steps={max_steps}"] if max_steps else []
     resume = (run_dir / "last").exists() and info.get("data_fingerprint") == data.fingerprint
     if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
+        remove_owned(run_dir, "run", RunError)
     console.print("[bold]3/4 train GenSR[/bold] (scratch T5, not pretrained; "
                   f"{'resuming' if resume else 'config ' + str(quickstart_config())})")
     if resume:
@@ -106,9 +115,17 @@ def run_quickstart(
     (the tests use a smaller world)."""
     console = console or Console()
     start = time.time()
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_path(out, RunError)
+    # only a quickstart folder gensr wrote is reused, or deleted by --fresh
+    if fresh:
+        remove_owned(out, "quickstart", RunError)
+    elif out.is_dir() and not is_empty_dir(out) and not is_owned(out, "quickstart"):
+        raise RunError(f"--out {out} exists, is not empty and is not a quickstart folder gensr "
+                       f"wrote (no {MARKER} marker, or files of yours in it): choose another "
+                       "--out")
+    make_dir(out, RunError)
+    if not (out / MARKER).exists():
+        write_marker(out, "quickstart")
     data = _data(out, console, synthetic)
     cf_path = _cf(out, data, device, console, cf_options)
     run_dir = _train(out, data, cf_path, device, max_steps, console)

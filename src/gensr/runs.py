@@ -25,7 +25,21 @@ __all__ = ["PRECISIONS", "load_run", "pick_device", "prepare_inference", "read_r
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """``run.json`` of a run directory (an empty dict for a bare ``save_pretrained`` folder)."""
     path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json_object(path) if path.exists() else {}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding one object, with a one-line :class:`RunError` when it does not."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: cannot read it ({type(err).__name__})") from None
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column "
+                       f"{err.colno}): the file is damaged") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def load_run(

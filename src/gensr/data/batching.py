@@ -83,7 +83,10 @@ class InstanceTable:
     @classmethod
     def from_candidates(cls, frame: pl.DataFrame) -> InstanceTable:
         """From a stored ``candidates_{split}.parquet`` frame."""
-        cands = np.asarray(frame["candidates"].to_list(), dtype=np.int64)
+        if frame.height == 0:  # no instances (of the tasks asked for): an empty table
+            cands = np.zeros((0, 0), dtype=np.int64)
+        else:
+            cands = np.asarray(frame["candidates"].to_list(), dtype=np.int64)
         if cands.ndim != 2:
             cands = cands.reshape(len(frame), -1)
         return cls(
@@ -131,6 +134,11 @@ class InstanceTable:
             labels=None if self.labels is None else t(self.labels[index]).float(),
             target_pos=None if self.target_pos is None else t(self.target_pos[index]),
         )
+
+
+def tasks_present(table: InstanceTable) -> tuple[str, ...]:
+    """The tasks that have at least one instance in ``table``."""
+    return tuple(t for t, i in TASK_INDEX.items() if bool((table.task == i).any()))
 
 
 def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,

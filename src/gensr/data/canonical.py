@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from gensr.data import schema
 from gensr.data.candidates import build_candidates
 from gensr.errors import DataError
+from gensr.outputs import MARKER, check_output_path, check_replaceable, make_dir, write_marker
 
 SplitStrategy = Literal["loo", "day", "given"]
 
@@ -238,8 +239,8 @@ def write_canonical(
     that no kept interaction names are left out (counted in the report).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"output directory {out_dir} exists and is not empty (use --overwrite)")
+    check_output_dir(out_dir, overwrite)
+    check_negatives(n_negatives)
     inter = _check_raw(raw)
     items = raw.items
     for col in ("item", "text"):
@@ -296,6 +297,7 @@ def write_canonical(
         .alias("seq") - 1
     )
     inter = _assign_split(inter, split, day_seconds)
+    _check_split(inter, split, report)
     inter = inter.select(
         pl.col("user_id").cast(pl.Int32),
         pl.col("item_id").cast(pl.Int32),
@@ -341,8 +343,12 @@ def write_canonical(
         "settings": report.settings,
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    make_dir(out_dir.parent, DataError)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as err:
+        raise DataError(f"cannot write in {out_dir.parent}: "
+                        f"{err.strerror or type(err).__name__}") from None
     try:
         _write(tmp / "interactions.parquet", inter, schema.INTERACTIONS)
         _write(tmp / "items.parquet", items_out, schema.ITEMS)
@@ -361,13 +367,55 @@ def write_canonical(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
         (tmp / "report.md").write_text(report.to_markdown())
+        write_marker(tmp, "data")
         if out_dir.exists():
+            check_output_dir(out_dir, overwrite)  # still ours (it may have changed meanwhile)
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_output_dir(out_dir: Path, overwrite: bool,
+                     inputs: dict[str, Path | None] | None = None) -> None:
+    """Refuse an ``--out`` that is a file, cannot be written, or is a non-empty folder that
+    ``--overwrite`` may not replace (see :mod:`gensr.outputs`: only a data directory gensr
+    wrote, holding only its own files and none of the ``inputs``)."""
+    check_output_path(out_dir, DataError)
+    if out_dir.is_dir() and any(p.name != MARKER for p in out_dir.iterdir()):
+        if not overwrite:
+            raise DataError(f"output directory {out_dir} exists and is not empty (use "
+                            "--overwrite to replace a data directory gensr wrote)")
+    check_replaceable(out_dir, "data", DataError, inputs)
+
+
+def check_negatives(n_negatives: object) -> int:
+    """``--negatives``: a positive integer (each evaluation instance ranks its target among
+    that many sampled items)."""
+    if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
+        raise DataError(f"--negatives must be a positive integer (sampled items each target "
+                        f"is ranked against), got {n_negatives!r}")
+    return n_negatives
+
+
+def _check_split(inter: pl.DataFrame, strategy: SplitStrategy, report: Report) -> None:
+    """No training rows is an error; a split or task without rows is a note."""
+    per = dict(inter.group_by("split").len().iter_rows())
+    if not per.get("train"):
+        hint = {"loo": "each user's last two events become valid and test, so users need "
+                       "at least 3 events",
+                "day": "the last two days become valid and test",
+                "given": "the file's split column names no 'train' row"}[strategy]
+        raise DataError(f"the {strategy} split leaves no training interactions ({hint}); "
+                        f"rows per split: {per}")
+    for split in ("valid", "test"):
+        present = set(inter.filter(pl.col("split") == split)["behaviour"].unique().to_list())
+        missing = [b for b in schema.BEHAVIOURS if b not in present]
+        if missing:
+            report.notes.append(f"the {split} split has no {' or '.join(missing)} "
+                                "interactions: no such evaluation instances")
 
 
 def _check_negatives_fit(
@@ -387,6 +435,10 @@ def _check_negatives_fit(
         return
     worst = free.row(0, named=True)
     orig = users.filter(pl.col("user_id") == worst["user_id"])["user"][0]
+    if worst["free"] < 1:
+        raise DataError(
+            f"user {orig!r} interacted with all {n_items} items, leaving none to sample its "
+            "evaluation negatives from: filter such users out or add items")
     raise DataError(
         f"user {orig!r} interacted with {worst['n']} of the {n_items} items, leaving "
         f"{worst['free']} to sample its {n_negatives} evaluation negatives from; use "

@@ -9,8 +9,16 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from gensr.data.canonical import RawLog, Report, SplitStrategy, write_canonical
+from gensr.data.canonical import (
+    RawLog,
+    Report,
+    SplitStrategy,
+    check_negatives,
+    check_output_dir,
+    write_canonical,
+)
 from gensr.errors import DataError
+from gensr.outputs import check_not_input
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,19 @@ def prepare(
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     spec = SOURCES[source]
+    if split is not None and split not in ("loo", "day", "given"):
+        raise DataError(f"unknown split strategy {split!r} (use loo, day or given)")
     raw_path = Path(raw) if raw is not None else None
     if spec.needs_raw:
         if raw_path is None:
             raise DataError(f"source {source!r} needs --raw PATH")
         if not raw_path.exists():
             raise DataError(f"raw path {raw_path} does not exist")
+    out = Path(out)
+    # before any reading: never write over (or delete) an input, a file or a foreign folder
+    check_not_input(out, {"raw input": raw_path}, DataError)
+    check_output_dir(out, overwrite)
+    check_negatives(n_negatives)
     options = dict(options or {})
     if source != "synthetic":
         options.setdefault("seed", seed)

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from gensr.data import load_data
 from gensr.data.candidates import check_strategy
-from gensr.errors import ConfigError
+from gensr.errors import ConfigError, DataError
 from gensr.eval.protocol import evaluate, evaluate_full
 from gensr.eval.tables import print_table
 from gensr.models.registry import model_class
@@ -55,6 +55,15 @@ def evaluate_run(
             raise ConfigError(f"{model} needs training: run `gensr train --model {model}` first")
         net = cls(cls.config_class(), dataset).to(pick_device(device))
     used = prepare_inference(net, precision, fast_path)
+    present = set(dataset.candidates(split, candidates)["task"].unique().to_list())
+    served = [t for t in net.tasks if t in present]
+    if not served:
+        raise DataError(f"the {split} split of {dataset.path} has no "
+                        f"{' or '.join(net.tasks)} instances: nothing to evaluate {net.name} on")
+    missing = [t for t in net.tasks if t not in present]
+    if missing:
+        console.print(f"warning: the {split} split has no {' or '.join(missing)} instances: "
+                      f"evaluating {', '.join(served)} only", highlight=False)
     if full:
         metrics = evaluate_full(net, dataset, split, batch_size=batch_size)
     else:

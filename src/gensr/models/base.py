@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gensr.config import update_config
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
-from gensr.errors import DataError, RunError
+from gensr.errors import ConfigError, DataError, RunError
 
 #: the copy of the CF table a run directory holds (models with a ``cf_path`` setting)
 CF_FILE = "cf.safetensors"
@@ -33,9 +35,67 @@ CF_FILE = "cf.safetensors"
 
 @dataclass
 class ModelConfig:
-    """Settings shared by every model."""
+    """Settings shared by every model.
+
+    Every model config is range-checked when it is made (before anything is built), by the
+    field names' conventions: numbers must be finite; integers >= 0, and >= 1 for sizes
+    (``max_his_len``, ``hidden``, ``*_heads``, ``*_dim``, ``*_dims``, ``*_d_model``,
+    ``*_d_ff``, ``*_ff``, ``*_vocab_size``, ``ffn_mult``, ``score_chunk``, ``*_tokens``,
+    ``*_words``, ``head_hidden``); ``*dropout`` in [0, 1); temperatures (``tau``, ``*_temp``)
+    and ``init_std`` > 0; ``alpha`` and ``b`` in [0, 1]; other numbers (loss weights ``lam``,
+    ``*_weight``, ``k1`` …) >= 0; ``hidden`` a multiple of ``n_heads``. Subclasses add their
+    own checks in ``check()``.
+    """
 
     max_his_len: int = 20
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        self.check()
+
+    def check(self) -> None:
+        """Model-specific checks (override; raise :class:`ConfigError`)."""
+
+
+_SIZE_NAMES = ("max_his_len", "hidden", "ffn_mult", "score_chunk", "head_hidden")
+_SIZE_SUFFIXES = ("heads", "_dim", "_dims", "d_model", "d_ff", "_ff", "vocab_size", "_tokens",
+                  "_words")
+_UNIT_NAMES = ("alpha", "b")  # float fields in [0, 1]
+
+
+def _rule(name: str, value: float) -> str | None:
+    """The range ``value`` of field ``name`` breaks, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if name in _SIZE_NAMES or name.endswith(_SIZE_SUFFIXES):
+            return None if value >= 1 else ">= 1"
+        return None if value >= 0 else ">= 0"
+    if "dropout" in name:
+        return None if 0.0 <= value < 1.0 else "in [0, 1)"
+    if name in ("tau", "init_std") or name.endswith("_temp"):
+        return None if value > 0 else "> 0"
+    if name in _UNIT_NAMES:
+        return None if 0.0 <= value <= 1.0 else "in [0, 1]"
+    return None if value >= 0 else ">= 0"
+
+
+def check_ranges(config: ModelConfig) -> None:
+    """Raise :class:`ConfigError` for the first numeric field out of its range (see
+    :class:`ModelConfig`)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            broken = _rule(f.name, v)
+            if broken:
+                raise ConfigError(f"model.{f.name} must be {broken}, got {v!r}")
+    hidden, heads = getattr(config, "hidden", None), getattr(config, "n_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and hidden % heads:
+        raise ConfigError(f"model.hidden ({hidden}) must be a multiple of model.n_heads "
+                          f"({heads})")
 
 
 @dataclass
@@ -208,7 +268,10 @@ class SRModel(nn.Module):
                 f"{directory} was trained on data {card['data_fingerprint']}, but {data.path} "
                 f"is {data.fingerprint}: item ids would not match"
             )
-        config = update_config(cls.config_class(), card["config"])
+        try:
+            config = update_config(cls.config_class(), card["config"])
+        except ConfigError as err:
+            raise RunError(f"{directory / 'model.json'}: {err}") from None
         pin = card.get("cf_table")
         if pin:  # the run's own copy of the CF table, checked against its pin
             from gensr.cf.table import file_sha256
@@ -227,8 +290,13 @@ class SRModel(nn.Module):
         if not weights.exists():  # never score random weights as if they were trained
             raise RunError(f"{weights} is missing: the run holds no weights (an unfinished "
                            "or damaged run; train it again or restore the file)")
-        state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        state = _load_weights(weights)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of the wrong shape
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            raise RunError(f"{weights}: weights do not fit the model "
+                           f"({lines[-1][:160] if lines else 'shape mismatch'})") from None
         missing = [m for m in missing if not _is_alias(model, m, state)]
         if missing or unexpected:
             raise RunError(f"{weights}: weights do not fit the model "
@@ -239,6 +307,16 @@ class SRModel(nn.Module):
 def cf_source(config: Any) -> str:
     """The ``cf_path`` setting of a model config ("" when it has none)."""
     return str(getattr(config, "cf_path", "") or "")
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a damaged file is a one-line error."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"{path}: not a readable safetensors file ({first[:120]}): the file "
+                       "is damaged") from None
 
 
 def _is_alias(model: nn.Module, name: str, state: dict[str, torch.Tensor]) -> bool:
@@ -255,4 +333,18 @@ def read_model_card(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "model.json"
     if not path.exists():
         raise RunError(f"{directory} holds no model (model.json missing): not a finished run")
-    return json.loads(path.read_text())
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = f"{err.msg} at line {err.lineno}" if isinstance(err, json.JSONDecodeError) \
+            else type(err).__name__
+        raise RunError(f"{path}: not valid JSON ({why}): the file is damaged") from None
+    if not isinstance(card, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(card).__name__}")
+    for key, kind in (("model", str), ("config", dict), ("data_fingerprint", str)):
+        if not isinstance(card.get(key), kind):
+            raise RunError(f"{path}: '{key}' is missing or not a {kind.__name__}: not a "
+                           "model.json gensr wrote")
+    if card.get("cf_table") is not None and not isinstance(card["cf_table"], dict):
+        raise RunError(f"{path}: 'cf_table' is not a dict: not a model.json gensr wrote")
+    return card

@@ -3,6 +3,7 @@ dataclass). The YAML ``train:`` section and ``--set train.key=value`` update it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or null, got {value}")
+        for name in ("lr", "weight_decay", "grad_clip", "eval_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"train.{name} must be a finite number, got "
+                                  f"{getattr(self, name)}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise ConfigError(f"train.time_budget_min must be > 0 or null, got "
                               f"{self.time_budget_min}")

@@ -38,12 +38,20 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import gensr
-from gensr.data.batching import TASK_INDEX, Batch, InstanceTable, TrainSampler, eval_instances
+from gensr.data.batching import (
+    TASK_INDEX,
+    Batch,
+    InstanceTable,
+    TrainSampler,
+    eval_instances,
+    tasks_present,
+)
 from gensr.data.dataset import SRData
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
+from gensr.outputs import MARKER, make_dir, write_marker
 from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
@@ -101,6 +109,9 @@ def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> I
     ``tasks``: models with the same settings validate on the same instances of each task,
     whichever tasks they serve."""
     table = eval_instances(data, "valid")
+    served = np.isin(table.task, [TASK_INDEX[t] for t in tasks])
+    if not served.any():  # the split has none of them: fit says so, naming the tasks
+        return table.subset(np.nonzero(served)[0])
     n = max(1, round(config.eval_fraction * len(table)))
     if config.eval_max_instances is not None:
         n = min(n, config.eval_max_instances)
@@ -123,8 +134,8 @@ STOP_REASONS = {"early_stop": "early stop", "max_steps": "max steps",
 def stop_reason(run: dict[str, Any]) -> str | None:
     """Why a trained run stopped (a key of :data:`STOP_REASONS`): ``run.json``'s
     ``stop_reason``, or for runs written before it was recorded, inferred from the status
-    and the step counts. None for runs that are not trained or still running."""
-    if not run.get("trained") or run.get("status") == "running":
+    and the step counts. None for runs that are not trained or still running (or started)."""
+    if not run.get("trained") or run.get("status") in ("running", "started"):
         return None
     if run.get("stop_reason"):
         return str(run["stop_reason"])
@@ -206,13 +217,30 @@ def fit(
     keep = np.isin(sampler.task, [TASK_INDEX[t] for t in model.tasks])
     n_train = int(keep.sum())
     if n_train == 0:
-        raise ConfigError(f"{data.path}: no training interactions for {list(model.tasks)}")
+        raise DataError(f"{data.path}: no training interactions for {list(model.tasks)}: "
+                        f"nothing to train {model.name} on")
+    untrained = [t for t in model.tasks if not (sampler.task == TASK_INDEX[t]).any()]
+    if untrained:
+        log(f"warning: the training split has no {' or '.join(untrained)} interactions: "
+            f"{model.name} trains on {', '.join(t for t in model.tasks if t not in untrained)} "
+            "only")
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = steps_per_epoch * config.max_epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every or max(1, steps_per_epoch // 2)
     valid = valid_subset(data, model.tasks, config)
+    validated = tasks_present(valid)
+    if not validated:
+        raise DataError(f"{data.path}: the valid split has no {' or '.join(model.tasks)} "
+                        f"instances: nothing to validate {model.name} on")
+    unvalidated = [t for t in model.tasks if t not in validated]
+    if unvalidated:
+        if metric_task in unvalidated:
+            raise ConfigError(f"train.metric {config.metric!r}: the valid split has no "
+                              f"{metric_task} instances (use mean/… or another task)")
+        log(f"warning: the valid split has no {' or '.join(unvalidated)} instances: "
+            f"validating on {', '.join(validated)} only")
     local_valid = valid.subset(np.arange(rank, len(valid), world))
 
     # optimizer and schedule
@@ -231,7 +259,9 @@ def fit(
         log(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, "
             f"batch {state.batch})")
     elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir, RunError)
+    if main and not (run_dir / MARKER).exists():
+        write_marker(run_dir, "run")  # gensr wrote it: a later fresh start may clear it
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step if resume else None) \
         if main else None
     info = {
@@ -241,6 +271,8 @@ def fit(
         "precision": accelerator.mixed_precision, "num_processes": world,
         "device": str(accelerator.device), "device_name": _device_name(accelerator.device),
     }
+    if main and not resume:  # the settings, before any step (a kill -9 keeps them)
+        _write_run_info(run_dir, model, data, config, state, "started", info)
 
     def save_checkpoint(rng: dict[str, Any]) -> None:
         staged = checkpoint.staging_dir(run_dir)

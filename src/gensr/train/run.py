@@ -27,8 +27,16 @@ from gensr.data.dataset import SRData, load_data
 from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, SRModel
 from gensr.models.registry import model_class
+from gensr.outputs import (
+    MARKER,
+    check_not_input,
+    check_output_path,
+    marker_kind,
+    remove_owned,
+    write_marker,
+)
 from gensr.runs import read_run_info
-from gensr.train.checkpoint import LAST, TrainState
+from gensr.train.checkpoint import LAST, TrainState, has_checkpoint
 from gensr.train.config import TrainConfig
 from gensr.train.loop import fit
 
@@ -117,7 +125,27 @@ def build_model(model_name: str, model_config: ModelConfig, data: SRData, seed: 
 
 
 def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+    return path.is_dir() and any(p.name != MARKER for p in path.iterdir())
+
+
+def never_checkpointed(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a run directory gensr made whose run stopped (killed, or failed)
+    before its first checkpoint: nothing in it is worth keeping, a new run may replace it."""
+    if marker_kind(run_dir) != "run" or has_checkpoint(run_dir):
+        return False
+    path = run_dir / "run.json"
+    if not path.exists():
+        return True
+    try:
+        info = read_run_info(run_dir)
+    except RunError:
+        return False
+    return info.get("status") == "started"
+
+
+def _clear_unstarted(out: Path, inputs: dict[str, Any], log: Callable[[str], None]) -> None:
+    log(f"{out} holds a run that stopped before its first checkpoint: starting it again")
+    remove_owned(out, "run", RunError, inputs)
 
 
 def train_run(
@@ -141,18 +169,26 @@ def train_run(
     saved in its ``run.json``; ``sets`` may then change train settings only (e.g. max_epochs).
     """
     out = Path(out)
+    check_output_path(out, RunError)
     if resume:
         return _resume(out, model_name, data_dir, config_path, sets, cf_path, device, log,
                        stop_after_steps)
     if model_name is None or data_dir is None:
         raise ConfigError("gensr train needs --model and --data (or --resume on a run)")
+    inputs = {"data directory": data_dir, "CF table": cf_path, "config file": config_path}
+    check_not_input(out, {k: v for k, v in inputs.items() if k != "data directory"}, RunError)
+    clear = False
     if _is_nonempty_dir(out):
-        hint = " (it has a checkpoint: add --resume)" if (out / LAST).exists() else ""
-        raise RunError(f"run directory {out} exists and is not empty{hint}; use --resume to "
-                       "continue it or choose a new --out")
+        if not never_checkpointed(out):
+            hint = " (it has a checkpoint: add --resume)" if has_checkpoint(out) else ""
+            raise RunError(f"run directory {out} exists and is not empty{hint}; use --resume "
+                           "to continue it or choose a new --out")
+        clear = True
     model_config, train_config = build_configs(model_name, config_path=config_path, sets=sets,
                                                cf_path=cf_path, device=device)
     data = load_data(data_dir)
+    if clear:
+        _clear_unstarted(out, inputs, log)
     model = build_model(model_name, model_config, data, train_config.seed)
     if not model.trainable:
         return _write_untrained(out, model, data, train_config, log)
@@ -165,8 +201,12 @@ def _resume(out: Path, model_name: str | None, data_dir: str | Path | None,
             cf_path: str | Path | None, device: str | None, log: Callable[[str], None],
             stop_after_steps: int | None) -> dict[str, Any]:
     info = read_run_info(out)
-    if not info or not (out / LAST).exists():
-        raise RunError(f"{out} has no checkpoint to resume (run.json or {LAST}/ missing)")
+    started = bool(info) and never_checkpointed(out)
+    if not info or not (has_checkpoint(out) or started):
+        raise RunError(f"{out} has no checkpoint to resume (run.json or {LAST}/ missing)"
+                       + ("; start it again without --resume" if never_checkpointed(out)
+                          else ""))
+    check_run_info(info, out / "run.json")
     if model_name is not None and model_name != info["model"]:
         raise ConfigError(f"--resume: {out} trains {info['model']}, not {model_name}")
     if config_path is not None or cf_path is not None:
@@ -185,14 +225,32 @@ def _resume(out: Path, model_name: str | None, data_dir: str | Path | None,
     if data.fingerprint != info["data_fingerprint"]:
         raise RunError(f"{out} was trained on data {info['data_fingerprint']}, but {data.path} "
                        f"is {data.fingerprint}")
+    if started:  # killed before its first checkpoint: the same run from step 0
+        _clear_unstarted(out, {"data directory": data.path}, log)
+    elif marker_kind(out) is None and not (out / MARKER).exists():
+        write_marker(out, "run")  # a run of a gensr without markers
     model = build_model(info["model"], model_config, data, train_config.seed)
-    fit(model, data, train_config, out, resume=True, stop_after_steps=stop_after_steps, log=log)
+    fit(model, data, train_config, out, resume=not started, stop_after_steps=stop_after_steps,
+        log=log)
     return read_run_info(out)
+
+
+RUN_KEYS = {"model": str, "model_config": dict, "train_config": dict, "data_dir": str,
+            "data_fingerprint": str}
+
+
+def check_run_info(info: dict[str, Any], path: Path) -> None:
+    """A ``run.json`` that a resume can use: the keys it reads, of the right types."""
+    for key, kind in RUN_KEYS.items():
+        if not isinstance(info.get(key), kind):
+            raise RunError(f"{path}: '{key}' is missing or not a {kind.__name__}: not a "
+                           "run.json gensr wrote")
 
 
 def _write_untrained(out: Path, model: SRModel, data: SRData, train_config: TrainConfig,
                      log: Callable[[str], None]) -> dict[str, Any]:
     model.save_pretrained(out)
+    write_marker(out, "run")
     state = TrainState()
     run = {
         "model": model.name,

@@ -39,6 +39,7 @@ import gzip
 import html
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,8 +95,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
             yield from enumerate(fh, start=1)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read the file: {err}", file=str(path)) from None
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
+        what = "corrupt gzip data" if isinstance(err, zlib.error) else str(err)
+        raise DataError(f"cannot read the file: {what} ({err})" if isinstance(err, zlib.error)
+                        else f"cannot read the file: {what}", file=str(path)) from None
 
 
 def _parse_record(text: str, file: Path, line: int) -> dict[str, Any]:
@@ -180,6 +183,10 @@ def _read_reviews(path: Path, report: Report) -> tuple[pl.DataFrame, set[str]]:
         if isinstance(stamp, bool) or not isinstance(stamp, int):
             raise DataError(f"unixReviewTime must be an integer, got {stamp!r}",
                             file=str(path), line=line, column="unixReviewTime")
+        if abs(stamp) >= 10**11:  # after the year 5000 in seconds; beyond 2**63 fails later
+            raise DataError(f"unixReviewTime must be Unix seconds, got {stamp} (after the year "
+                            "5000: milliseconds?)", file=str(path), line=line,
+                            column="unixReviewTime")
         users.append(record["reviewerID"])
         items.append(record["asin"])
         times.append(stamp)

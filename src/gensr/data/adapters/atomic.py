@@ -12,6 +12,7 @@ category path becomes a query the Ai et al. way; every purchase yields a rec and
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -37,8 +38,14 @@ def _find_prefix(raw: Path) -> str:
 def _read_lines(path: Path) -> list[list[str]]:
     if not path.exists():
         raise DataError("file is missing", file=str(path))
-    with path.open(encoding="utf-8") as fh:
-        return [line.rstrip("\n").split("\t") for line in fh]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 text (byte {data[err.start]:#04x} at byte {err.start})",
+                        file=str(path), line=line) from None
+    return [line.rstrip("\n").split("\t") for line in io.StringIO(text, newline=None)]
 
 
 def _read_index(path: Path) -> list[str]:
@@ -163,6 +170,18 @@ def read_atomic(raw: str | Path, *, seed: int = 0) -> tuple[RawLog, Report]:
         uname = user_names[user] if user_names else str(user)
         for pos, (item, split) in enumerate(zip(order, labels)):
             purchases.append((uname, item_names[item], pos, split))
+    # users without a test row cannot be rebuilt (their sequence ends unknown): say so
+    no_test_valid = sum(1 for u in split_targets["valid"] if u not in seqs)
+    no_test_train = sum(len(r) for u, r in train_rows.items() if u not in seqs)
+    report.drop(f"valid row of a user with no row in {prefix}.test.inter", no_test_valid)
+    report.drop(f"train row of a user with no row in {prefix}.test.inter", no_test_train)
+    if no_test_valid or no_test_train:
+        users = {u for u in split_targets["valid"] if u not in seqs} | {
+            u for u in train_rows if u not in seqs}
+        report.notes.append(f"{len(users):,} user(s) have rows in the train or valid file but "
+                            f"none in {prefix}.test.inter: their rows were dropped")
+    if not seqs:
+        raise DataError("no user has a test row", file=str(raw / f"{prefix}.test.inter"))
     if truncated:
         report.notes.append(f"{truncated} users' test histories were truncated in the files; "
                             "their whole sequences were rebuilt from the train rows")

@@ -56,6 +56,10 @@ DEFAULT_SRC_ITEM_TYPES = ("VIDEO", "IMAGE_ATLAS")
 _WORD_LIST = r"^\[[\d\s,]*\]$"
 
 
+MAX_MS = 1e14  # Unix ms from here on are after the year 5000 (µs or ns given as ms; past 2**63
+# they would overflow): refused as not milliseconds
+
+
 @dataclass(frozen=True)
 class Field:
     """A CSV column, how it is parsed and what makes a value bad.
@@ -85,7 +89,7 @@ class Field:
         if self.kind == "int":
             return v.is_null()
         if self.kind == "ms":
-            return v.is_null() | v.is_nan() | (v < 0)
+            return v.is_null() | v.is_nan() | (v < 0) | (v >= MAX_MS)
         if self.kind == "flag":
             return ~v.is_in([0.0, 1.0]).fill_null(False)
         if self.kind == "count":
@@ -327,7 +331,7 @@ def read_kuaisar(
         rec_path, REC_FIELDS,
         keep=lambda v: v("click") == 1,
         parsed=lambda v: {"user": v("user_id"), "item": v("item_id"),
-                          "ms": v("timestamp").round(0).cast(pl.Int64)},
+                          "ms": v("timestamp").round(0).cast(pl.Int64, strict=False)},
     )
     n_rec = _n_rows(rec_path)
     report.read(rec_path, n_rec)
@@ -337,7 +341,7 @@ def read_kuaisar(
         src_path, SRC_FIELDS,
         keep=lambda v: v("click_cnt") > 0,
         parsed=lambda v: {"user": v("user_id"), "item": v("item_id"),
-                          "ms": v("search_session_timestamp").round(0).cast(pl.Int64),
+                          "ms": v("search_session_timestamp").round(0).cast(pl.Int64, strict=False),
                           "keyword": v("keyword"), "item_type": v("item_type").fill_null("")},
     )
     n_src = _n_rows(src_path)

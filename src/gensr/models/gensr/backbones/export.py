@@ -24,6 +24,7 @@ from gensr.models.gensr.backbones.sources import (
     quiet_transformers,
     resolve_source,
 )
+from gensr.outputs import check_output_path
 
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16,
                                   "fp32": torch.float32}
@@ -47,8 +48,13 @@ def export_backbone(name: str, out: str | Path, *, dtype: str = "fp16", gguf_fil
         raise ConfigError("scratch-t5 is built from the data, not exported; give a pretrained "
                           "backbone")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out} exists and is not empty (add --overwrite to replace it)")
+    check_output_path(out, RunError)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunError(f"{out} exists and is not empty (add --overwrite to replace it)")
+        if not (out / EXPORT_MARKER).is_file():  # --overwrite replaces only an export
+            raise RunError(f"refusing to delete {out}: it is not a backbone gensr exported (no "
+                           f"{EXPORT_MARKER}); delete it yourself or choose another --out")
     source = resolve_source(name, gguf_file)
     if source.recipe == "bert2bert":
         with quiet_transformers():
