@@ -13,7 +13,12 @@ LoRA adapters and training work unchanged — but organises the pass for through
   no (N, H, T, T) fp32 score tensors in eager code; the memory-efficient kernel on CUDA;
 * **one decoder step, specialised:** the first decoder position attends to itself only, so
   its self-attention is ``o(v(x))`` (softmax over one key is 1); no causal mask, no cache,
-  no ``generate``.
+  no ``generate``;
+* **fused element-wise work** (fp32 weights, plain ``nn.Linear`` projections — not under
+  LoRA): the gated-GELU feed-forward as one ``wi_0``+``wi_1`` matmul and one
+  ``F.gelu(approximate="tanh")`` (the function ``gelu_new`` spells out in eight element-wise
+  passes), and T5's RMS norm as ``F.rms_norm``. Same functions; float results agree to
+  rounding.
 
 ``tests/test_speed.py`` checks the logits against the model's own forward (fp32, to 1e-5)
 and the gradients in training mode. Only T5-family models (T5 v1.0/v1.1, flan-t5, mT5)
@@ -27,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 _T5_CLASSES = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
+_T5_NORMS = ("T5LayerNorm", "MT5LayerNorm")
+# activations that compute the tanh approximation of GELU (``gelu_new`` and its spellings)
+_TANH_GELUS = ("NewGELUActivation", "PytorchGELUTanh", "GELUTanh")
 
 
 def compute_dtype(x: torch.Tensor, fallback: torch.dtype) -> torch.dtype:
@@ -77,6 +85,34 @@ class FusedT5:
             return False
 
     # --- pieces ------------------------------------------------------------------------
+    @staticmethod
+    def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """T5's RMS norm (no mean, no bias, fp32 statistics), fused when everything is fp32."""
+        weight = norm.weight
+        if x.dtype == torch.float32 and weight.dtype == torch.float32 and type(norm).__name__ \
+                in _T5_NORMS:
+            return F.rms_norm(x, (x.shape[-1],), weight, norm.variance_epsilon)
+        return norm(x)
+
+    def _feed_forward(self, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """T5LayerFF: ``x + dropout(FFN(norm(x)))``; the gated-GELU FFN fused (see above)."""
+        dense = ff.DenseReluDense
+        if not self._fusable_ffn(dense):
+            return ff(x)
+        h = self._norm(ff.layer_norm, x)
+        w = torch.cat([dense.wi_0.weight, dense.wi_1.weight])  # one (2·d_ff, d) matmul
+        gate, linear = F.linear(h, w).chunk(2, dim=-1)
+        h = dense.dropout(F.gelu(gate, approximate="tanh") * linear)
+        if h.dtype != dense.wo.weight.dtype:
+            h = h.to(dense.wo.weight.dtype)
+        return x + ff.dropout(dense.wo(h))
+
+    @staticmethod
+    def _fusable_ffn(dense: nn.Module) -> bool:
+        return (type(dense).__name__ == "T5DenseGatedActDense"
+                and type(dense.act).__name__ in _TANH_GELUS
+                and all(type(getattr(dense, n)) is nn.Linear for n in ("wi_0", "wi_1", "wo")))
+
     def _attend(self, attn: nn.Module, x: torch.Tensor, kv: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         """Multi-head attention of ``x`` over ``kv`` with an additive ``mask`` (bias)."""
@@ -120,10 +156,10 @@ class FusedT5:
         hidden = enc.dropout(inputs_embeds)
         for block in enc.block:
             sa = block.layer[0]
-            normed = sa.layer_norm(hidden)
+            normed = self._norm(sa.layer_norm, hidden)
             hidden = hidden + sa.dropout(self._attend(sa.SelfAttention, normed, normed, bias))
-            hidden = block.layer[-1](hidden)  # T5LayerFF: norm, FFN, dropout, residual
-        return enc.dropout(enc.final_layer_norm(hidden))
+            hidden = self._feed_forward(block.layer[-1], hidden)  # norm, FFN, dropout, residual
+        return enc.dropout(self._norm(enc.final_layer_norm, hidden))
 
     def first_step_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
                           shared: bool = False) -> torch.Tensor:
@@ -140,10 +176,12 @@ class FusedT5:
         y = dec.dropout(dec.embed_tokens(start))
         for block in dec.block:
             sa, ca = block.layer[0], block.layer[1]
-            y = y + sa.dropout(self._self_attend_one(sa.SelfAttention, sa.layer_norm(y)))
-            y = y + ca.dropout(self._attend(ca.EncDecAttention, ca.layer_norm(y), states, cross))
-            y = block.layer[-1](y)
-        y = dec.dropout(dec.final_layer_norm(y))
+            y = y + sa.dropout(self._self_attend_one(sa.SelfAttention,
+                                                     self._norm(sa.layer_norm, y)))
+            y = y + ca.dropout(self._attend(ca.EncDecAttention, self._norm(ca.layer_norm, y),
+                                            states, cross))
+            y = self._feed_forward(block.layer[-1], y)
+        y = dec.dropout(self._norm(dec.final_layer_norm, y))
         if self.scale_output:
             y = y * (self.d_model ** -0.5)
         return self.model.lm_head(y[:, 0])

@@ -306,9 +306,36 @@ class GenSR(SRModel):
         ``shared_mask``: every prompt in ``enc`` has the same mask (a length bucket)."""
         speed = speed or self.resolved_speed()
         vectors = self.slot_vectors(enc, candidates)
+        return self._prompt_logits(enc, vectors, speed, shared_mask), vectors
+
+    def _prompt_logits(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor],
+                       speed: Speed, shared: bool) -> torch.Tensor:
+        """(B, C, V) first-step logits of the prompts of ``enc`` with ``vectors`` spliced in."""
+        b, c = vectors["cf_history"].shape[:2]
         embeds, mask = self.prompt_embeddings(enc, vectors)
-        logits = self._logits_fn(speed)(embeds, mask, shared=shared_mask)
-        return logits.view(*candidates.shape, -1), vectors
+        return self._logits_fn(speed)(embeds, mask, shared=shared).view(b, c, -1)
+
+    def length_groups(self, enc: HistoryEncoding, speed: Speed
+                      ) -> list[tuple[torch.Tensor | None, HistoryEncoding, bool]]:
+        """The instances of ``enc`` grouped by prompt length (``speed.bucket``-token bands):
+        (rows, their encoding with the prompt cut to the group's longest, whether every row
+        has the same mask). One group of all rows (``rows`` None) when buckets are off.
+        Padding positions are masked, so a group computes what the whole batch would."""
+        if not speed.bucket:
+            return [(None, enc, False)]
+        lengths = enc.prompt_mask.sum(dim=1).cpu()  # one sync; the grouping is host work
+        band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
+        device = enc.prompt_ids.device
+        groups = []
+        for value in torch.unique(band).tolist():
+            picked = torch.nonzero(band == value).squeeze(1)
+            longest = int(lengths[picked].max())
+            shared = bool((lengths[picked] == longest).all())
+            rows = picked.to(device)
+            sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
+                enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
+            groups.append((rows, sub, shared))
+        return groups
 
     # --- analysis hooks ----------------------------------------------------------------------
     def representation(self, batch: Batch) -> torch.Tensor:
@@ -329,10 +356,16 @@ class GenSR(SRModel):
         cfg: GenSRConfig = self.config  # type: ignore[assignment]
         if batch.labels is None:
             raise ValueError("GenSR.loss needs a batch with labels")
+        speed = self.resolved_speed()
         enc = self.encode_history(batch)
-        logits, vectors = self.yes_no_logits(enc, batch.candidates)
+        vectors = self.slot_vectors(enc, batch.candidates)
         target = torch.where(batch.labels > 0.5, self.backbone.yes_id, self.backbone.no_id)
-        l_gen = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())  # Eq. 9
+        logits, targets = [], []  # per length group (the mean below is over all examples)
+        for rows, sub, shared in self.length_groups(enc, speed):
+            picked = vectors if rows is None else {k: v[rows] for k, v in vectors.items()}
+            logits.append(self._prompt_logits(sub, picked, speed, shared).flatten(0, 1))
+            targets.append((target if rows is None else target[rows]).flatten())
+        l_gen = F.cross_entropy(torch.cat(logits).float(), torch.cat(targets))  # Eq. 9
         loss, logs = l_gen, {"loss_gen": float(l_gen.detach())}
         if cfg.use_contrastive and cfg.use_cf_view and cfg.use_semantic_view and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)  # the filtered vectors w.r.t. the target
@@ -350,19 +383,12 @@ class GenSR(SRModel):
         chunks of at most ``chunk`` pointwise sequences."""
         speed = self.resolved_speed()
         enc = self.encode_history(batch)
-        if not speed.bucket:
+        groups = self.length_groups(enc, speed)
+        if groups[0][0] is None:
             return self._score_group(enc, batch.candidates, speed, shared=False)
-        lengths = enc.prompt_mask.sum(dim=1).cpu()  # one sync; the grouping is host work
-        band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
-        device = enc.prompt_ids.device
-        out = torch.empty(batch.candidates.shape, dtype=torch.float, device=device)
-        for value in torch.unique(band).tolist():
-            picked = torch.nonzero(band == value).squeeze(1)
-            longest = int(lengths[picked].max())
-            shared = bool((lengths[picked] == longest).all())
-            rows = picked.to(device)
-            sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
-                enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
+        out = torch.empty(batch.candidates.shape, dtype=torch.float,
+                          device=enc.prompt_ids.device)
+        for rows, sub, shared in groups:
             out[rows] = self._score_group(sub, batch.candidates[rows], speed, shared=shared)
         return out
 
@@ -391,6 +417,8 @@ class GenSR(SRModel):
             for start in range(0, c, per_chunk):
                 logits, _ = self.yes_no_logits(sub, cands[:, start : start + per_chunk],
                                                speed=speed, shared_mask=shared)
-                parts.append(torch.softmax(logits.float(), dim=-1)[..., self.backbone.yes_id])
+                logits = logits.float()  # P(Yes) = exp(l_yes - logsumexp(l)): no V-wide softmax
+                parts.append(torch.exp(logits[..., self.backbone.yes_id]
+                                       - torch.logsumexp(logits, dim=-1)))
             blocks.append(torch.cat(parts, dim=1))
         return torch.cat(blocks, dim=0)

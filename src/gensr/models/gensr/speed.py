@@ -20,6 +20,7 @@ RUNNERS = ("auto", "hf", "fused")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CUDA_CHUNK = 4096  # pointwise sequences per backbone call on CUDA (auto)
 CUDA_BUCKET = 8  # prompt-length band of a bucket on CUDA (auto), in tokens
+CPU_BUCKET = 1  # on CPU (auto): groups of equal prompt length (no padding at all)
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,10 @@ class Speed:
         cuda = device.type == "cuda"
         runner = self.runner
         if runner == "auto":
-            runner = "fused" if cuda and fused_ok else "hf"
+            runner = "fused" if fused_ok else "hf"
         elif runner == "fused" and not fused_ok:
             raise ConfigError("speed.runner 'fused' needs a T5-family backbone; use 'hf'")
-        bucket = (CUDA_BUCKET if cuda else 0) if self.bucket is None else self.bucket
+        bucket = (CUDA_BUCKET if cuda else CPU_BUCKET) if self.bucket is None else self.bucket
         chunk = self.chunk if self.chunk is not None else (
             max(score_chunk, CUDA_CHUNK) if cuda else score_chunk)
         return dataclasses.replace(self, runner=runner, bucket=bucket, chunk=chunk)
