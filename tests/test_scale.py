@@ -3,11 +3,9 @@ row-by-row one it replaced), the list columns and the caches in the data directo
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import polars as pl
 import pytest
+import torch
 
 from gensr.data.candidates import InteractedSet, sample_negatives
 from gensr.errors import DataError
@@ -74,3 +72,69 @@ def test_sampler_refuses_a_user_without_enough_items():
     interacted = InteractedSet(np.array([1, 1, 1]), np.array([1, 2, 3]), 5)
     with pytest.raises(DataError, match="user id 1 has only 2 items"):
         sample_negatives(np.random.default_rng(0), np.array([1]), interacted, 3)
+
+
+def test_bulk_word_counts_equal_berts_own_steps():
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    from gensr.models.gensr.backbone import word_counts
+
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    texts = ["w20 w34 w3. Funny Funny joke", "", "   ", "Hello, World! (x2) don't-stop",
+             "a\tb\nc", "x__y ~~ [1, 2] 3.5%", "Café crème déjà-vu", "美食 Baking", "\x00ctrl",
+             "UPPER lower 123abc", "Ünïcode ÀÉ"]
+    expected: Counter[str] = Counter()
+    for text in texts:
+        expected.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    assert word_counts(texts, normalizer, pre) == expected
+    assert expected["funny"] == 2 and expected["cafe"] == 1  # both paths were exercised
+
+
+class _CountingTokenizer:
+    """Wraps a tokenizer and counts the texts it is asked to tokenise."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, 0
+        self.backend_tokenizer = inner.backend_tokenizer
+        self.pad_token_id = inner.pad_token_id
+
+    def __call__(self, texts, **kwargs):
+        self.texts += len(texts)
+        return self.inner(texts, **kwargs)
+
+
+def test_token_tables_are_cached_by_tokenizer_and_width(tmp_path, monkeypatch):
+    from gensr.models.gensr.backbone import train_wordpiece
+    from gensr.models.gensr.tokens import CACHE_DIR, cached_token_table, token_table
+
+    texts = ["", "w1 w2 w3. Food Baking", "a much longer caption with many words in it", "x"]
+    tok = _CountingTokenizer(train_wordpiece(texts[1:], 200, extra_words=["yes", "no"]))
+    reference = torch.full((4, 5), tok.pad_token_id, dtype=torch.long)
+    for i, text in enumerate(texts[1:], start=1):
+        ids = tok.inner(text, add_special_tokens=False)["input_ids"][:5]
+        reference[i, : len(ids)] = torch.tensor(ids)
+    monkeypatch.setattr("gensr.models.gensr.tokens.CHUNK", 2)  # several chunks
+    assert torch.equal(token_table(tok, texts, 5), reference)
+    tok.texts = 0
+    first = cached_token_table(tok, texts, 5, data_dir=tmp_path, data_fingerprint="f0",
+                               kind="items")
+    assert torch.equal(first, reference) and tok.texts == 3
+    assert len(list((tmp_path / CACHE_DIR).glob("tokens-items-w5-*.npy"))) == 1
+    again = cached_token_table(tok, texts, 5, data_dir=tmp_path, data_fingerprint="f0",
+                               kind="items")
+    assert torch.equal(again, reference) and tok.texts == 3  # read back, not tokenised
+    cached_token_table(tok, texts, 3, data_dir=tmp_path, data_fingerprint="f0", kind="items")
+    assert tok.texts == 6  # another width is another table
+    other = _CountingTokenizer(train_wordpiece(texts[1:] + ["zebra"], 200, extra_words=[]))
+    cached_token_table(other, texts, 5, data_dir=tmp_path, data_fingerprint="f0", kind="items")
+    assert other.texts == 3  # another tokenizer too
+    assert len(list((tmp_path / CACHE_DIR).glob("*.npy"))) == 3
+    # a data directory the cache cannot be written into still works (tokenised in memory)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    table = cached_token_table(tok, texts, 5, data_dir=blocked, data_fingerprint="f0",
+                               kind="items")
+    assert torch.equal(table, reference)

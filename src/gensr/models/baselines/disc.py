@@ -39,7 +39,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
 from gensr.models.gensr.configuration import REC_TEMPLATE, SRC_TEMPLATE
-from gensr.models.gensr.modeling import GenSR, build_views, info_nce
+from gensr.models.gensr.modeling import build_views, data_token_table, info_nce
 from gensr.models.gensr.soft_filter import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
@@ -98,10 +98,12 @@ class DiscriminativeTwin(SRModel):
             raise ConfigError(f"the token width {d} is not divisible by model.encoder_heads "
                               f"({config.encoder_heads})")
         self.pad_id = int(self.tokenizer.pad_token_id)
-        self.register_buffer("item_tokens", GenSR._token_table(
-            self.tokenizer, data.item_text, config.item_text_tokens), persistent=False)
-        self.register_buffer("query_tokens", GenSR._token_table(
-            self.tokenizer, data.query_text, config.max_query_tokens), persistent=False)
+        self.register_buffer("item_tokens", data_token_table(
+            self.tokenizer, data, data.item_text, config.item_text_tokens, "items"),
+            persistent=False)
+        self.register_buffer("query_tokens", data_token_table(
+            self.tokenizer, data, data.query_text, config.max_query_tokens, "queries"),
+            persistent=False)
         cf = cf_table if cf_table is not None else self._load_cf(config, data)
         (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
          self.cf_projection) = build_views(config, cf, data.n_items, d)

@@ -34,6 +34,7 @@ from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
 from gensr.models.gensr.speed import DTYPES, Speed
+from gensr.models.gensr.tokens import cached_token_table, token_table
 from gensr.models.gensr.views import CFView, SemanticView
 from gensr.runs import resolve_precision
 
@@ -54,6 +55,39 @@ class HistoryEncoding:
         return HistoryEncoding(pick(self.cf), pick(self.cf_mask), pick(self.sem),
                                pick(self.sem_mask), pick(self.prompt_ids),
                                pick(self.prompt_mask))
+
+
+class TokenRows:
+    """The rows of a padded token table without their padding, made when asked for (a
+    list-like of 1-D tensors; :meth:`append` adds rows for texts the table lacks)."""
+
+    def __init__(self, table: torch.Tensor, pad_id: int) -> None:
+        self.table = table
+        self.pad_id = int(pad_id)
+        self.extra: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.table) + len(self.extra)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if index < len(self.table):
+            row = self.table[index]
+            return row[row != self.pad_id]
+        return self.extra[index - len(self.table)]
+
+    def append(self, row: torch.Tensor) -> None:
+        self.extra.append(row)
+
+
+def data_token_table(tokenizer, data: SRData, texts: list[str], width: int, kind: str
+                     ) -> torch.Tensor:
+    """:func:`token_table` of ``texts`` (the data's items or queries), cached in
+    ``DATA_DIR/cache/`` by tokenizer fingerprint and width (:mod:`gensr.models.gensr.tokens`)."""
+    return cached_token_table(tokenizer, texts, width, data_dir=getattr(data, "path", None),
+                              data_fingerprint=str(getattr(data, "fingerprint", "")), kind=kind)
 
 
 def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
@@ -121,12 +155,12 @@ class GenSR(SRModel):
         )
         d_model = self.backbone.d_model
         tok = self.backbone.tokenizer
-        # token tables of item texts (first N tokens) and queries, built once from the data
-        self.register_buffer("item_tokens", self._token_table(tok, data.item_text,
-                                                              config.item_text_tokens),
-                             persistent=False)
-        query_table = self._token_table(tok, data.query_text, config.max_query_tokens)
-        self.query_tokens = [row[row != self.backbone.pad_id] for row in query_table]
+        # token tables of item texts (first N tokens) and queries, cached in the data directory
+        self.register_buffer("item_tokens", data_token_table(
+            tok, data, data.item_text, config.item_text_tokens, "items"), persistent=False)
+        self.query_tokens = TokenRows(data_token_table(
+            tok, data, data.query_text, config.max_query_tokens, "queries"),
+            self.backbone.pad_id)
 
         cf = cf_table if cf_table is not None else load_cf_table(config, data)
         # CF vectors are projected to d_model before the prompt
@@ -153,13 +187,8 @@ class GenSR(SRModel):
 
     @staticmethod
     def _token_table(tokenizer, texts: list[str], width: int) -> torch.Tensor:
-        pad = tokenizer.pad_token_id
-        table = torch.full((len(texts), width), pad, dtype=torch.long)
-        encoded = tokenizer(texts[1:], add_special_tokens=False, truncation=True,
-                            max_length=width)["input_ids"] if len(texts) > 1 else []
-        for i, ids in enumerate(encoded, start=1):
-            table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return table
+        """(len(texts), width): each text's first ``width`` tokens, padded (row 0 = padding)."""
+        return token_table(tokenizer, texts, width)
 
     def add_queries(self, texts: list[str]) -> list[int]:
         """Tokenise query texts the data does not hold and append them to ``query_tokens``."""
