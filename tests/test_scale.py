@@ -108,7 +108,12 @@ class _CountingTokenizer:
 
 def test_token_tables_are_cached_by_tokenizer_and_width(tmp_path, monkeypatch):
     from gensr.models.gensr.backbone import train_wordpiece
-    from gensr.models.gensr.tokens import CACHE_DIR, cached_token_table, token_table
+    from gensr.models.gensr.tokens import (
+        CACHE_DIR,
+        cached_token_table,
+        token_table,
+        tokenizer_fingerprint,
+    )
 
     texts = ["", "w1 w2 w3. Food Baking", "a much longer caption with many words in it", "x"]
     tok = _CountingTokenizer(train_wordpiece(texts[1:], 200, extra_words=["yes", "no"]))
@@ -119,6 +124,8 @@ def test_token_tables_are_cached_by_tokenizer_and_width(tmp_path, monkeypatch):
     monkeypatch.setattr("gensr.models.gensr.tokens.CHUNK", 2)  # several chunks
     assert torch.equal(token_table(tok, texts, 5), reference)
     tok.texts = 0
+    fresh = _CountingTokenizer(train_wordpiece(texts[1:], 200, extra_words=["yes", "no"]))
+    assert tokenizer_fingerprint(fresh) == tokenizer_fingerprint(tok)  # calls leave no trace
     first = cached_token_table(tok, texts, 5, data_dir=tmp_path, data_fingerprint="f0",
                                kind="items")
     assert torch.equal(first, reference) and tok.texts == 3

@@ -31,8 +31,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything that decides how ``tokenizer`` splits text."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # a fast tokenizer: its whole serialised pipeline
-        h.update(backend.to_str().encode())
+    if backend is not None:  # a fast tokenizer: its whole serialised pipeline, less the
+        # truncation and padding settings that each call sets anew
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
         h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True,
