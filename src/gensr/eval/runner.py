@@ -9,7 +9,7 @@ from rich.console import Console
 
 from gensr.data import load_data
 from gensr.errors import ConfigError
-from gensr.eval.protocol import evaluate, evaluate_full
+from gensr.eval.protocol import Shard, evaluate, evaluate_full
 from gensr.eval.tables import print_table
 from gensr.models.registry import model_class
 from gensr.runs import load_run, pick_device, prepare_inference
@@ -36,6 +36,11 @@ def evaluate_run(
     ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`;
     auto = bf16 and the fast path on CUDA, fp32 and the original path on CPU)."""
     console = console or Console()
+    shard = None if full else Shard.current()  # several processes: `accelerate launch`
+    if shard is not None and device is None:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)  # each process on its own GPU
     if (run_dir is None) == (model is None):
         raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
     if run_dir is not None:
@@ -53,7 +58,9 @@ def evaluate_run(
         metrics = evaluate_full(net, dataset, split, batch_size=batch_size)
     else:
         metrics = evaluate(net, dataset, split, batch_size=batch_size, ties=ties,  # type: ignore[arg-type]
-                           max_instances=max_instances, scores_out=save_scores)
+                           max_instances=max_instances, scores_out=save_scores, shard=shard)
+    if shard is not None and shard.index != 0:
+        return metrics  # process 0 prints and writes
     name = f"{net.name}{' (full)' if full else ''}"
     print_table({name: metrics}, metrics=("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20"),
                 title=f"{dataset.name} {split}"

@@ -10,8 +10,11 @@ stopping after ``patience`` validations without improvement, and the resumable c
 
 ``accelerate`` places the model, runs mixed precision and, under ``accelerate launch``, DDP:
 every process takes its share of each global batch (so steps, schedule and data order do
-not depend on the number of processes) and its share of the valid instances (metrics are
-summed over processes weighted by instance counts). On one process it is a plain loop.
+not depend on the number of processes) and its share of the valid instances (the
+per-instance metrics of all processes are gathered back in order before the means are taken,
+so validation gives what one process computes). Models that compare the instances of a batch
+with each other (GenSR's InfoNCE) gather them across processes themselves. On one process it
+is a plain loop.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from gensr.data.batching import TASK_INDEX, Batch, InstanceTable, TrainSampler, 
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, RunError
 from gensr.eval.metrics import KS, metric_names
-from gensr.eval.protocol import Metrics, evaluate_table
+from gensr.eval.protocol import Shard, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
@@ -111,29 +114,6 @@ def _shard(batch: Batch, rank: int, world: int) -> Batch:
     return batch.select(rows)
 
 
-def _reduce_metrics(metrics: Metrics, tasks: tuple[str, ...], accelerator: Accelerator
-                    ) -> Metrics:
-    """Sum per-process metrics weighted by their instance counts (identity on one process)."""
-    if accelerator.num_processes == 1:
-        return metrics
-    names = metric_names(KS)
-    flat = torch.zeros(len(tasks), len(names) + 1, dtype=torch.float64,
-                       device=accelerator.device)
-    for i, task in enumerate(tasks):
-        if task in metrics:
-            n = metrics[task]["n"]
-            flat[i, :-1] = torch.tensor([metrics[task][m] * n for m in names])
-            flat[i, -1] = n
-    flat = accelerator.reduce(flat, reduction="sum").cpu()
-    out: Metrics = {}
-    for i, task in enumerate(tasks):
-        n = float(flat[i, -1])
-        if n > 0:
-            out[task] = {m: float(flat[i, j]) / n for j, m in enumerate(names)}
-            out[task]["n"] = int(n)
-    return out
-
-
 def fit(
     model: SRModel,
     data: SRData,
@@ -179,7 +159,7 @@ def fit(
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every or max(1, steps_per_epoch // 2)
     valid = valid_subset(data, model.tasks, config)
-    local_valid = valid.subset(np.arange(rank, len(valid), world))
+    shard = Shard(rank, world, accelerator.gather) if world > 1 else None
 
     # optimizer and schedule
     groups = [g for g in model.param_groups(config.weight_decay) if g["params"]]
@@ -228,9 +208,8 @@ def fit(
 
     def validate() -> None:
         with accelerator.autocast():
-            local = evaluate_table(model, data, local_valid, batch_size=config.eval_batch_size,
-                                   progress=False, desc="valid")
-        metrics = _reduce_metrics(local, model.tasks, accelerator)
+            metrics = evaluate_table(model, data, valid, batch_size=config.eval_batch_size,
+                                     progress=False, desc="valid", shard=shard)
         value = metric_value(metrics, config.metric)
         improved = state.best_metric is None or value > state.best_metric
         if improved:
@@ -284,7 +263,10 @@ def fit(
                 state.batch += 1
                 rng = checkpoint.capture_rng()
 
-                losses.append(out.loss.detach().float())
+                loss_value = out.loss.detach().float()
+                if world > 1:  # the mean over processes: the loss of the global batch
+                    loss_value = accelerator.reduce(loss_value, reduction="mean")
+                losses.append(loss_value)
                 interval.append(losses[-1])
                 for key, value in out.logs.items():
                     parts.setdefault(key, []).append(float(value))

@@ -39,7 +39,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
 from gensr.models.gensr.configuration import REC_TEMPLATE, SRC_TEMPLATE
-from gensr.models.gensr.modeling import build_views, data_token_table, info_nce
+from gensr.models.gensr.modeling import build_views, data_token_table, gather_batch, info_nce
 from gensr.models.gensr.soft_filter import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
@@ -248,8 +248,9 @@ class DiscriminativeTwin(SRModel):
         if cfg.use_contrastive and cfg.lam > 0 and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)
             rows = torch.arange(len(batch), device=positive.device)
-            l_cl = info_nce(filtered["cf_history"][rows, positive].float(),
-                            filtered["sem_history"][rows, positive].float(), cfg.tau)
+            l_cl = info_nce(gather_batch(filtered["cf_history"][rows, positive].float()),
+                            gather_batch(filtered["sem_history"][rows, positive].float()),
+                            cfg.tau)
             loss = loss + cfg.lam * l_cl
             logs["loss_cl"] = float(l_cl.detach())
         return ModelOutput(loss, logs)

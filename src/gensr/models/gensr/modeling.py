@@ -90,9 +90,28 @@ def data_token_table(tokenizer, data: SRData, texts: list[str], width: int, kind
                               data_fingerprint=str(getattr(data, "fingerprint", "")), kind=kind)
 
 
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (b, …) of every training process concatenated (W·b, …), with gradient, when
+    ``torch.distributed`` runs several processes (DDP under ``accelerate launch``); ``x``
+    itself on one process. Every process must call it with the same ``b``.
+
+    The backward pass sums, for each process's rows, the gradients all processes computed
+    for them; DDP then averages the parameter gradients over the processes, so a loss
+    computed on the gathered batch gets exactly the gradient it has on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
 def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 10, symmetrised: cosine similarities / τ, the same user's pair as the positive and
-    the other users in the batch as negatives, averaged over both directions."""
+    the other users in the batch as negatives, averaged over both directions. Under DDP the
+    callers pass the whole global batch (:func:`gather_batch`), so the negatives, and the
+    loss, do not depend on the number of processes."""
     sim = F.normalize(z_cf, dim=-1) @ F.normalize(z_sem, dim=-1).T / tau
     target = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
@@ -364,9 +383,9 @@ class GenSR(SRModel):
         if cfg.use_contrastive and cfg.use_cf_view and cfg.use_semantic_view and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)  # the filtered vectors w.r.t. the target
             rows = torch.arange(len(batch), device=positive.device)
-            z_cf = vectors["cf_history"][rows, positive]
-            z_sem = vectors["sem_history"][rows, positive]
-            l_cl = info_nce(z_cf.float(), z_sem.float(), cfg.tau)  # Eq. 10
+            z_cf = gather_batch(vectors["cf_history"][rows, positive].float())
+            z_sem = gather_batch(vectors["sem_history"][rows, positive].float())
+            l_cl = info_nce(z_cf, z_sem, cfg.tau)  # Eq. 10, over the global batch
             loss = loss + cfg.lam * l_cl
             logs["loss_cl"] = float(l_cl.detach())
         return ModelOutput(loss=loss, logs=logs)
