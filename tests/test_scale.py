@@ -4,6 +4,7 @@ row-by-row one it replaced), the list columns and the caches in the data directo
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -145,3 +146,54 @@ def test_token_tables_are_cached_by_tokenizer_and_width(tmp_path, monkeypatch):
     table = cached_token_table(tok, texts, 5, data_dir=blocked, data_fingerprint="f0",
                                kind="items")
     assert torch.equal(table, reference)
+
+
+def test_loadgen_writes_kuaisar_that_the_adapter_prepares(tmp_path):
+    from gensr.data import load_data
+    from gensr.data.adapters.kuaisar import CATEGORY_COLUMNS, REC_FIELDS, SRC_FIELDS
+    from gensr.data.loadgen import PAPER, generate_kuaisar, shape_for
+    from gensr.data.prepare import prepare
+
+    raw = tmp_path / "raw"
+    summary = generate_kuaisar(raw, 30_000, seed=3, users=60, user_features=True,
+                               chunk_rows=4_000)  # several chunks per file
+    shape = summary["shape"]
+    assert summary["rows"]["rec_inter.csv"] + summary["rows"]["src_inter.csv"] == 30_000
+    ratio = PAPER["rec_rows"] / (PAPER["rec_rows"] + PAPER["src_rows"])
+    assert summary["rows"]["rec_inter.csv"] == round(30_000 * ratio)
+    assert shape["items"] == round(PAPER["items"] * 30_000 / 19_665_161)
+    rec = pl.read_csv(raw / "rec_inter.csv")
+    src = pl.read_csv(raw / "src_inter.csv")
+    items = pl.read_csv(raw / "item_features.csv", infer_schema=False)
+    assert {f.name for f in REC_FIELDS} <= set(rec.columns)
+    assert {f.name for f in SRC_FIELDS} <= set(src.columns)
+    assert set(CATEGORY_COLUMNS) <= set(items.columns) and "caption" in items.columns
+    assert (raw / "user_features.csv").is_file()
+    assert rec.height == summary["rows"]["rec_inter.csv"]
+    assert 0.4 < rec["click"].mean() < 0.6
+    # long-tailed items: the top 1% of items hold far more than 1% of the rows
+    counts = rec["item_id"].value_counts()["count"].sort(descending=True)
+    assert counts.head(max(1, shape["items"] // 100)).sum() > 0.1 * rec.height
+    # search sessions: several results each, several clicks in some
+    per = src.group_by("search_session_id").agg(pl.len().alias("shown"),
+                                                 (pl.col("click_cnt") > 0).sum().alias("clicks"))
+    assert per["shown"].mean() > 2 and per["clicks"].max() >= 2
+    assert 0.4 < (per["clicks"] > 0).mean() < 0.8
+    assert src["keyword"].str.contains(r"^\[\d+(, \d+)*\]$").all()
+    assert items["third_level_category_name_en"].is_in(["empty"]).any()
+    # seeded: the same arguments write the same files
+    generate_kuaisar(tmp_path / "again", 30_000, seed=3, users=60, user_features=True,
+                     chunk_rows=4_000)
+    for name in ("rec_inter.csv", "src_inter.csv", "item_features.csv"):
+        assert (raw / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+    out, report = prepare("kuaisar", raw, tmp_path / "data", n_negatives=9)
+    data = load_data(out)
+    assert report.counts["users"] > 20 and report.counts["items"] > 50
+    assert report.counts["interactions"]["src"] > 0
+    assert set(data.interactions["split"].unique()) == {"train", "valid", "test"}
+    assert data.item_text[1].startswith("w") and " > " in "".join(data.item_category)
+    with pytest.raises(DataError, match="not empty"):
+        generate_kuaisar(raw, 30_000)
+    with pytest.raises(DataError, match="at least 100"):
+        shape_for(10)
