@@ -26,8 +26,8 @@ query popularity and user activity are long-tailed (item rank ``r`` drawn with p
 ∝ ``(r + 1)^-zipf``, default 0.8, which keeps about 3% of the items and half the clicks
 through the 5-interaction filter); times are spread over ``days`` Beijing days with a daily
 rhythm. Everything is drawn from
-``numpy.random.default_rng([seed, part, chunk])``, so a size, seed and ``chunk_rows`` give the same
-files, and the rows are made and written ``chunk_rows`` at a time: memory is bounded by the
+``numpy.random.default_rng([seed, part, chunk])``, so a size, seed and ``chunk_rows`` give
+the same files, and the rows are made and written ``chunk_rows`` at a time: memory is bounded by the
 chunk and the per-user/per-query tables, not by the size of the log.
 """
 
