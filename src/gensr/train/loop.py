@@ -186,6 +186,10 @@ def fit(
         "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "precision": accelerator.mixed_precision, "num_processes": world,
         "device": str(accelerator.device), "device_name": _device_name(accelerator.device),
+        # this session's clock (Unix seconds): when fit began, when its first and last
+        # optimizer steps ended, how many it ran (benchmarks/scale.py reads them)
+        "timing": {"fit_started": started, "first_step_done": None, "last_step_done": None,
+                   "steps": 0},
     }
 
     def save_checkpoint(rng: dict[str, Any]) -> None:
@@ -260,6 +264,10 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                timing = info["timing"]
+                timing["last_step_done"] = time.time()
+                timing["first_step_done"] = timing["first_step_done"] or timing["last_step_done"]
+                timing["steps"] += 1
                 state.batch += 1
                 rng = checkpoint.capture_rng()
 
