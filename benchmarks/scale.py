@@ -17,7 +17,7 @@ CSVs, then ``gensr data prepare kuaisar`` runs as a child process: wall time and
 Writes ``benchmarks/results/scale.json`` and ``scale.md`` (``--out`` to put them elsewhere).
 The figures depend on the machine and on what else runs on it: run it on a quiet machine.
 
-    python benchmarks/scale.py                                 # 1M, 5M, 20M (about an hour)
+    python benchmarks/scale.py                                 # 1M, 5M, 20M
     python benchmarks/scale.py --sizes 200000 --out /tmp/scale  # a smoke run (minutes)
 """
 

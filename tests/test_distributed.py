@@ -91,6 +91,9 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_data_dir, tiny
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "run.json").read_text())
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    timing = one["timing"]  # what benchmarks/scale.py reads
+    assert timing["steps"] == 6
+    assert timing["fit_started"] <= timing["first_step_done"] <= timing["last_step_done"]
     assert [h["step"] for h in one["history"]] == [h["step"] for h in two["history"]] == [3, 6]
     for h1, h2 in zip(one["history"], two["history"], strict=True):
         _close(h1["metrics"], h2["metrics"], METRIC_TOL)  # validation sharded, merged exactly
