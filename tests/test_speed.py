@@ -137,7 +137,8 @@ def test_fused_t5_is_offered_only_for_t5(tiny_data):
 def test_speed_settings_resolve_and_validate():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = Speed()
-    assert auto.resolve(cpu, 512, True) == Speed(runner="hf", bucket=0, chunk=512)
+    assert auto.resolve(cpu, 512, True) == Speed(runner="fused", bucket=2, chunk=512)
+    assert auto.resolve(cpu, 512, False) == Speed(runner="hf", bucket=2, chunk=512)
     assert auto.resolve(cuda, 512, True) == Speed(runner="fused", bucket=8, chunk=4096)
     assert auto.resolve(cuda, 512, False).runner == "hf"
     with pytest.raises(ConfigError, match="T5"):

@@ -69,7 +69,7 @@ def prepare_inference(model: SRModel, precision: str = "auto", fast_path: bool =
 
     GenSR: its backbone weights in ``precision`` (``auto`` = bf16 on a CUDA device that
     supports it, else fp32) and, with ``fast_path``, its automatic speed levers (the fused T5
-    pass, length buckets and larger chunks on CUDA; the original path on CPU) — without,
+    pass and length buckets everywhere, larger chunks on CUDA) — without,
     the original path everywhere (docs/speed.md). Other models are small and score in fp32.
     """
     from gensr.models.gensr.speed import Speed

@@ -83,12 +83,7 @@ class InstanceTable:
     @classmethod
     def from_candidates(cls, frame: pl.DataFrame) -> InstanceTable:
         """From a stored ``candidates_{split}.parquet`` frame."""
-        if frame.height == 0:  # no instances (of the tasks asked for): an empty table
-            cands = np.zeros((0, 0), dtype=np.int64)
-        else:
-            cands = np.asarray(frame["candidates"].to_list(), dtype=np.int64)
-        if cands.ndim != 2:
-            cands = cands.reshape(len(frame), -1)
+        cands = list_matrix(frame["candidates"])
         return cls(
             user=frame["user_id"].to_numpy().astype(np.int64),
             task=np.where(frame["task"].to_numpy() == "rec", 0, 1).astype(np.int64),
@@ -139,6 +134,19 @@ class InstanceTable:
 def tasks_present(table: InstanceTable) -> tuple[str, ...]:
     """The tasks that have at least one instance in ``table``."""
     return tuple(t for t, i in TASK_INDEX.items() if bool((table.task == i).any()))
+
+
+def list_matrix(column: pl.Series) -> np.ndarray:
+    """A list column whose rows all have the same length as an (N, C) int64 array (read from
+    the flat values, without Python lists)."""
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.int64)
+    lengths = column.list.len()
+    width = int(lengths[0])
+    if int(lengths.min()) != width or int(lengths.max()) != width:
+        raise ValueError("the rows of the list column differ in length")
+    return column.explode().to_numpy().astype(np.int64).reshape(n, width)
 
 
 def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,

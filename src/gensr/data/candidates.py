@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from gensr.data.bm25 import BM25Index
 from gensr.errors import DataError
@@ -96,6 +97,10 @@ class InteractedSet:
         return out
 
 
+#: rows of a draw processed at a time (bounds the temporary arrays, not the results)
+BLOCK_ROWS = 1 << 18
+
+
 def sample_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
@@ -112,6 +117,13 @@ def sample_negatives(
     so this is successive sampling without replacement among the allowed items; every item
     needs ``p > 0``). Raises :class:`DataError` when a user has fewer than ``n`` items left to
     sample from.
+
+    The draw: each round draws ``width`` items per unfinished row (``max(2n, n + 8)`` at
+    first, four times more each further round) in one call, and each row keeps, in the order
+    drawn, the first of those it has not yet and never interacted with, until it has ``n``.
+    It is computed on whole arrays (no Python loop over rows), in blocks of
+    :data:`BLOCK_ROWS` rows; a row whose first ``n`` draws are all fine (most rows on a
+    large catalogue) takes them without the rest of its round being looked at.
     """
     n_items = interacted.n_items
     users = np.asarray(users, dtype=np.int64)
@@ -124,29 +136,73 @@ def sample_negatives(
         )
     out = np.zeros((len(users), n), dtype=np.int64)
     filled = np.zeros(len(users), dtype=np.int64)
+    if n == 0:
+        return out
+    excl = None if exclude is None else np.asarray(exclude, dtype=np.int64)
     todo = np.arange(len(users))
     width = max(2 * n, n + 8)
+    first_round = True
     while len(todo):
         draw = (rng.integers(1, n_items + 1, size=(len(todo), width)) if p is None
                 else rng.choice(n_items, size=(len(todo), width), p=p) + 1)
-        ok = ~interacted.contains(users[todo], draw)
-        if exclude is not None:
-            ok &= draw != exclude[todo][:, None]
         still = []
-        for row, r in enumerate(todo):
-            have = out[r, : filled[r]]
-            fresh = draw[row][ok[row]]
-            if filled[r]:
-                fresh = fresh[~np.isin(fresh, have)]
-            _, first = np.unique(fresh, return_index=True)
-            fresh = fresh[np.sort(first)][: n - filled[r]]
-            out[r, filled[r] : filled[r] + len(fresh)] = fresh
-            filled[r] += len(fresh)
-            if filled[r] < n:
-                still.append(r)
-        todo = np.asarray(still, dtype=np.int64)
+        for b in range(0, len(todo), BLOCK_ROWS):
+            rows = todo[b : b + BLOCK_ROWS]
+            block = draw[b : b + BLOCK_ROWS]
+            slow = np.arange(len(rows))
+            if first_round:  # rows whose first n draws are distinct and allowed are done
+                head = block[:, :n]
+                fine = _allowed(interacted, users[rows], head, None if excl is None
+                                else excl[rows]).all(axis=1) & _distinct_rows(head)
+                out[rows[fine]] = head[fine]
+                filled[rows[fine]] = n
+                slow = np.flatnonzero(~fine)
+            if len(slow):
+                r = rows[slow]
+                _take_fresh(out, filled, r, block[slow], n,
+                            _allowed(interacted, users[r], block[slow],
+                                     None if excl is None else excl[r]))
+                still.append(r[filled[r] < n])
+        todo = np.concatenate(still) if still else np.zeros(0, dtype=np.int64)
         width = min(4 * width, n_items + 1)
+        first_round = False
     return out
+
+
+def _allowed(interacted: InteractedSet, users: np.ndarray, draw: np.ndarray,
+             exclude: np.ndarray | None) -> np.ndarray:
+    ok = ~interacted.contains(users, draw)
+    if exclude is not None:
+        ok &= draw != exclude[:, None]
+    return ok
+
+
+def _distinct_rows(values: np.ndarray) -> np.ndarray:
+    """Whether each row of ``values`` holds no value twice."""
+    if values.shape[1] < 2:
+        return np.ones(len(values), dtype=bool)
+    ordered = np.sort(values, axis=1)
+    return (ordered[:, 1:] != ordered[:, :-1]).all(axis=1)
+
+
+def _take_fresh(out: np.ndarray, filled: np.ndarray, rows: np.ndarray, draw: np.ndarray,
+                n: int, ok: np.ndarray) -> None:
+    """Append to each of ``out[rows]`` (``filled`` of ``n`` done) its ``draw`` values, in
+    order, that are ``ok``, not in the row yet and not drawn earlier in the row, up to ``n``."""
+    have = out[rows]  # unfilled slots hold 0, which no draw is
+    both = np.concatenate([have, draw], axis=1)
+    order = np.argsort(both, axis=1, kind="stable")
+    ordered = np.take_along_axis(both, order, axis=1)
+    first_sorted = np.ones(both.shape, dtype=bool)
+    first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    keep = ok & first[:, have.shape[1]:]
+    rank = np.cumsum(keep, axis=1) + filled[rows][:, None]  # the slot (1-based) it would take
+    keep &= rank <= n
+    r, c = np.nonzero(keep)
+    out[rows[r], rank[r, c] - 1] = draw[r, c]
+    filled[rows] = np.minimum(rank[:, -1], n)
 
 
 def build_candidates(
@@ -206,7 +262,7 @@ def build_candidates(
                 "query_id": rows["query_id"],
                 "seq": rows["seq"],
                 "target_item": targets.astype(np.int32),
-                "candidates": [c for c in cands.astype(np.int32)],
+                "candidates": _list_column(cands.astype(np.int32)),
                 "target_pos": target_pos.astype(np.int16),
             }
         )
@@ -323,3 +379,11 @@ def stored_strategies(path: str | Path) -> list[str]:
     path = Path(path)
     return [s for s in STRATEGIES
             if all((path / candidates_filename(split, s)).exists() for split in SPLITS)]
+
+
+def _list_column(values: np.ndarray) -> pl.Series:
+    """A (N, C) array as a polars ``List(Int32)`` column, built without Python lists."""
+    n, c = values.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64) * c, type=pa.int64())
+    return pl.Series("candidates", pa.LargeListArray.from_arrays(
+        offsets, pa.array(values.reshape(-1)))).cast(pl.List(pl.Int32))

@@ -12,6 +12,9 @@ train and valid, RecBole's rule), the target never is.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +58,15 @@ def evaluate(
     scores_out: str | Path | None = None,
     seed: int = 0,
     candidates: str = "uniform",
+    shard: Shard | None = None,
 ) -> Metrics:
     """Score ``split``'s stored candidates with ``model``; metrics per task.
 
     Tasks the model does not serve (``model.tasks``) are skipped. ``max_instances`` takes a
     seeded subset (the same for every model). ``scores_out`` writes every instance's scores
     to a Parquet file (:func:`write_scores`). ``candidates`` names the candidate
-    strategy (:mod:`gensr.data.candidates`: uniform, bm25-hard, popular).
+    strategy (:mod:`gensr.data.candidates`: uniform, bm25-hard, popular). ``shard``: share
+    the instances among processes (see :func:`evaluate_table`).
     """
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     if not tasks:
@@ -70,7 +75,7 @@ def evaluate(
                            candidates=candidates)
     return evaluate_table(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
                           device=device, progress=progress, scores_out=scores_out,
-                          desc=f"{model.name} {split}")
+                          desc=f"{model.name} {split}", shard=shard)
 
 
 def write_scores(table: InstanceTable, scores: np.ndarray, path: str | Path) -> None:
@@ -89,6 +94,48 @@ def write_scores(table: InstanceTable, scores: np.ndarray, path: str | Path) -> 
     }, schema_overrides={"scores": pl.List(pl.Float32)}).write_parquet(path)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a table's instances when several processes evaluate together:
+    instances ``index, index + count, …``; ``gather`` concatenates, in process order, a tensor
+    of the same shape from every process (``accelerate``'s ``gather``)."""
+
+    index: int
+    count: int
+    gather: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def current(cls) -> Shard | None:
+        """The shard of this process under ``accelerate launch`` / torchrun (None alone)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) \
+                and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None  # one process: leave accelerate's global state alone
+        from accelerate import PartialState
+        from accelerate.utils import gather
+
+        state = PartialState()
+        if state.num_processes == 1:
+            return None
+        return cls(state.process_index, state.num_processes, gather)
+
+    def rows(self, n: int) -> np.ndarray:
+        return np.arange(self.index, n, self.count)
+
+    def merge(self, local: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+        """Every process's ``local`` rows (of :meth:`rows`) back in table order: (n, ...)."""
+        per = -(-n // self.count)  # ceil: each process sends the same number of rows
+        padded = local.new_zeros((per, *local.shape[1:]))
+        padded[: len(local)] = local
+        everything = self.gather(padded.to(device)).cpu()  # (count * per, ...)
+        out = local.new_zeros((n, *local.shape[1:]))
+        for rank in range(self.count):
+            index = np.arange(rank, n, self.count)
+            out[torch.from_numpy(index)] = everything[rank * per : rank * per + len(index)]
+        return out
+
+
 @torch.no_grad()
 def evaluate_table(
     model: SRModel,
@@ -102,11 +149,17 @@ def evaluate_table(
     progress: bool = True,
     scores_out: str | Path | None = None,
     desc: str = "evaluate",
+    shard: Shard | None = None,
 ) -> Metrics:
-    """Like :func:`evaluate` on an explicit :class:`InstanceTable` (used by the trainer)."""
+    """Like :func:`evaluate` on an explicit :class:`InstanceTable` (used by the trainer).
+
+    With ``shard`` (several processes), each process scores its share of the instances and
+    the per-instance metrics (and scores) of all processes are put back in table order before
+    the means are taken: the result is what one process computes from the same scores, on
+    every process; only process 0 writes ``scores_out``."""
     values = instance_metrics(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
                               device=device, progress=progress, scores_out=scores_out,
-                              desc=desc)
+                              desc=desc, shard=shard)
     return summarise_instances(table.task, values, ks)
 
 
@@ -123,44 +176,54 @@ def instance_metrics(
     progress: bool = True,
     scores_out: str | Path | None = None,
     desc: str = "evaluate",
+    shard: Shard | None = None,
 ) -> dict[str, np.ndarray]:
     """Every instance's ``R@K``/``N@K`` (float64 arrays in ``table``'s order): what the
-    per-task means summarise and what paired significance tests compare."""
+    per-task means summarise and what paired significance tests compare. ``shard``: this
+    process scores its share, and the shares are merged back in table order."""
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device
-    parts: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names(ks)}
-    saved: list[np.ndarray] = []
-    n_batches = (len(table) + batch_size - 1) // batch_size
-    max_his_len = model.config.max_his_len
-    batches = table.batches(data, batch_size, max_his_len)
+    names = metric_names(ks)
+    local = table if shard is None else table.subset(shard.rows(len(table)))
+    values: list[torch.Tensor] = []  # (b, M) per batch, metrics in ``names`` order
+    saved: list[torch.Tensor] = []
+    n_batches = (len(local) + batch_size - 1) // batch_size
+    batches = local.batches(data, batch_size, model.config.max_his_len)
     for batch in progress_bar(batches, total=n_batches, desc=desc, enabled=progress,
                               leave=False):
         batch = batch.to(device)
         scores = model.score(batch).float()
         metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
-        for name, values in metrics.items():
-            parts[name].append(values.cpu())
+        values.append(torch.stack([metrics[name].double() for name in names], dim=1).cpu())
         if scores_out is not None:
-            saved.append(scores.cpu().numpy())
+            saved.append(scores.cpu())
     if was_training:
         model.train()
-    if scores_out is not None:
-        all_scores = np.concatenate(saved) if saved else np.zeros((0, 0), np.float32)
-        write_scores(table, all_scores, scores_out)
-    return {name: (torch.cat(p).numpy() if p else np.zeros(0)) for name, p in parts.items()}
+    n_cand = table.candidates.shape[1] if table.candidates.ndim == 2 else 0
+    per_instance = torch.cat(values) if values else torch.zeros((0, len(names)),
+                                                                 dtype=torch.float64)
+    scores_all = (torch.cat(saved) if saved else torch.zeros((0, n_cand))) \
+        if scores_out is not None else None
+    if shard is not None:
+        per_instance = shard.merge(per_instance, len(table), device)
+        if scores_all is not None:
+            scores_all = shard.merge(scores_all, len(table), device)
+    if scores_all is not None and (shard is None or shard.index == 0):
+        write_scores(table, scores_all.numpy(), scores_out)
+    return {name: per_instance[:, j].numpy() for j, name in enumerate(names)}
 
 
 def summarise_instances(task: np.ndarray, values: dict[str, np.ndarray],
                         ks: tuple[int, ...] = KS) -> Metrics:
     """Per-task means (and instance counts ``n``) of per-instance metrics; ``task`` holds
-    :data:`TASK_INDEX` codes."""
+    :data:`TASK_INDEX` codes; tasks without instances are left out."""
     out: Metrics = {}
     for name, index in TASK_INDEX.items():
         sel = np.asarray(task) == index
         if not sel.any():
             continue
-        row = {m: float(values[m][sel].mean()) for m in metric_names(ks)}
+        row = {m: float(np.ascontiguousarray(values[m][sel]).mean()) for m in metric_names(ks)}
         row["n"] = int(sel.sum())
         out[name] = row
     return out

@@ -10,7 +10,7 @@ from rich.console import Console
 from gensr.data import load_data
 from gensr.data.candidates import check_strategy
 from gensr.errors import ConfigError, DataError
-from gensr.eval.protocol import evaluate, evaluate_full
+from gensr.eval.protocol import Shard, evaluate, evaluate_full
 from gensr.eval.tables import print_table
 from gensr.models.registry import model_class
 from gensr.runs import load_run, pick_device, prepare_inference
@@ -42,6 +42,11 @@ def evaluate_run(
     check_strategy(candidates)
     if full and candidates != "uniform":
         raise ConfigError("--candidates has no effect with --full (it ranks every item)")
+    shard = None if full else Shard.current()  # several processes: `accelerate launch`
+    if shard is not None and device is None:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)  # each process on its own GPU
     if (run_dir is None) == (model is None):
         raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
     if run_dir is not None:
@@ -69,7 +74,9 @@ def evaluate_run(
     else:
         metrics = evaluate(net, dataset, split, batch_size=batch_size, ties=ties,  # type: ignore[arg-type]
                            max_instances=max_instances, scores_out=save_scores,
-                           candidates=candidates)
+                           candidates=candidates, shard=shard)
+    if shard is not None and shard.index != 0:
+        return metrics  # process 0 prints and writes
     name = f"{net.name}{' (full)' if full else ''}"
     strategy = "" if full or candidates == "uniform" else f".{candidates}"
     print_table({name: metrics}, metrics=("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20"),

@@ -12,8 +12,11 @@ stopping, ``max_steps``, ``max_epochs`` and ``time_budget_min``; ``run.json`` re
 
 ``accelerate`` places the model, runs mixed precision and, under ``accelerate launch``, DDP:
 every process takes its share of each global batch (so steps, schedule and data order do
-not depend on the number of processes) and its share of the valid instances (metrics are
-summed over processes weighted by instance counts). On one process it is a plain loop.
+not depend on the number of processes) and its share of the valid instances (the
+per-instance metrics of all processes are gathered back in order before the means are taken,
+so validation gives what one process computes). Models that compare the instances of a batch
+with each other (GenSR's InfoNCE) gather them across processes themselves. On one process it
+is a plain loop.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from gensr.data.batching import (
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.metrics import KS, metric_names
-from gensr.eval.protocol import Metrics, evaluate_table
+from gensr.eval.protocol import Shard, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
 from gensr.outputs import MARKER, make_dir, write_marker
 from gensr.progress import progress as progress_bar
@@ -156,29 +159,6 @@ def _shard(batch: Batch, rank: int, world: int) -> Batch:
     return batch.select(rows)
 
 
-def _reduce_metrics(metrics: Metrics, tasks: tuple[str, ...], accelerator: Accelerator
-                    ) -> Metrics:
-    """Sum per-process metrics weighted by their instance counts (identity on one process)."""
-    if accelerator.num_processes == 1:
-        return metrics
-    names = metric_names(KS)
-    flat = torch.zeros(len(tasks), len(names) + 1, dtype=torch.float64,
-                       device=accelerator.device)
-    for i, task in enumerate(tasks):
-        if task in metrics:
-            n = metrics[task]["n"]
-            flat[i, :-1] = torch.tensor([metrics[task][m] * n for m in names])
-            flat[i, -1] = n
-    flat = accelerator.reduce(flat, reduction="sum").cpu()
-    out: Metrics = {}
-    for i, task in enumerate(tasks):
-        n = float(flat[i, -1])
-        if n > 0:
-            out[task] = {m: float(flat[i, j]) / n for j, m in enumerate(names)}
-            out[task]["n"] = int(n)
-    return out
-
-
 def fit(
     model: SRModel,
     data: SRData,
@@ -241,7 +221,7 @@ def fit(
                               f"{metric_task} instances (use mean/… or another task)")
         log(f"warning: the valid split has no {' or '.join(unvalidated)} instances: "
             f"validating on {', '.join(validated)} only")
-    local_valid = valid.subset(np.arange(rank, len(valid), world))
+    shard = Shard(rank, world, accelerator.gather) if world > 1 else None
 
     # optimizer and schedule
     groups = [g for g in model.param_groups(config.weight_decay) if g["params"]]
@@ -270,6 +250,10 @@ def fit(
         "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "precision": accelerator.mixed_precision, "num_processes": world,
         "device": str(accelerator.device), "device_name": _device_name(accelerator.device),
+        # this session's clock (Unix seconds): when fit began, when its first and last
+        # optimizer steps ended, how many it ran (benchmarks/scale.py reads them)
+        "timing": {"fit_started": started, "first_step_done": None, "last_step_done": None,
+                   "steps": 0},
     }
     if main and not resume:  # the settings, before any step (a kill -9 keeps them)
         _write_run_info(run_dir, model, data, config, state, "started", info)
@@ -294,9 +278,8 @@ def fit(
 
     def validate() -> None:
         with accelerator.autocast():
-            local = evaluate_table(model, data, local_valid, batch_size=config.eval_batch_size,
-                                   progress=False, desc="valid")
-        metrics = _reduce_metrics(local, model.tasks, accelerator)
+            metrics = evaluate_table(model, data, valid, batch_size=config.eval_batch_size,
+                                     progress=False, desc="valid", shard=shard)
         value = metric_value(metrics, config.metric)
         improved = state.best_metric is None or value > state.best_metric
         if improved:
@@ -352,10 +335,17 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                timing = info["timing"]
+                timing["last_step_done"] = time.time()
+                timing["first_step_done"] = timing["first_step_done"] or timing["last_step_done"]
+                timing["steps"] += 1
                 state.batch += 1
                 rng = checkpoint.capture_rng()
 
-                losses.append(out.loss.detach().float())
+                loss_value = out.loss.detach().float()
+                if world > 1:  # the mean over processes: the loss of the global batch
+                    loss_value = accelerator.reduce(loss_value, reduction="mean")
+                losses.append(loss_value)
                 interval.append(losses[-1])
                 for key, value in out.logs.items():
                     parts.setdefault(key, []).append(float(value))

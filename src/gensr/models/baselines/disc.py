@@ -38,7 +38,13 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
-from gensr.models.gensr.modeling import GenSR, build_views, info_nce, scratch_corpus
+from gensr.models.gensr.modeling import (
+    build_views,
+    data_token_table,
+    gather_batch,
+    info_nce,
+    scratch_corpus,
+)
 from gensr.tensor import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
@@ -97,10 +103,12 @@ class DiscriminativeTwin(SRModel):
             raise ConfigError(f"the token width {d} is not divisible by model.encoder_heads "
                               f"({config.encoder_heads})")
         self.pad_id = int(self.tokenizer.pad_token_id)
-        self.register_buffer("item_tokens", GenSR._token_table(
-            self.tokenizer, data.item_text, config.item_text_tokens), persistent=False)
-        self.register_buffer("query_tokens", GenSR._token_table(
-            self.tokenizer, data.query_text, config.max_query_tokens), persistent=False)
+        self.register_buffer("item_tokens", data_token_table(
+            self.tokenizer, data, data.item_text, config.item_text_tokens, "items"),
+            persistent=False)
+        self.register_buffer("query_tokens", data_token_table(
+            self.tokenizer, data, data.query_text, config.max_query_tokens, "queries"),
+            persistent=False)
         cf = cf_table if cf_table is not None else self._load_cf(config, data)
         (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
          self.cf_projection) = build_views(config, cf, data.n_items, d)
@@ -243,8 +251,9 @@ class DiscriminativeTwin(SRModel):
         if cfg.use_contrastive and cfg.lam > 0 and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)
             rows = torch.arange(len(batch), device=positive.device)
-            l_cl = info_nce(filtered["cf_history"][rows, positive].float(),
-                            filtered["sem_history"][rows, positive].float(), cfg.tau)
+            l_cl = info_nce(gather_batch(filtered["cf_history"][rows, positive].float()),
+                            gather_batch(filtered["sem_history"][rows, positive].float()),
+                            cfg.tau)
             loss = loss + cfg.lam * l_cl
             logs["loss_cl"] = float(l_cl.detach())
         return ModelOutput(loss, logs)

@@ -47,6 +47,33 @@ BACKBONE_CARD = "gensr_backbone.json"  # kind + tying, in RUN_DIR/backbone/
 SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
+_PRINTABLE_ASCII = r"^[\x20-\x7e]*$"
+_ASCII_WORD = r"[a-z0-9]+|[^a-z0-9 ]"  # BERT's words: letter/digit runs, single punctuation
+
+
+def word_counts(texts: list[str], normalizer, pre_tokenizer) -> Counter[str]:
+    """How often each word of ``texts`` occurs after BERT normalisation (lower case, accents
+    stripped) and pre-tokenisation (split at whitespace and punctuation).
+
+    Texts of printable ASCII only (all of KuaiSAR's, most of Amazon's) are counted in bulk
+    by polars, where the two steps reduce to lower-casing and taking runs of letters and
+    digits and single punctuation marks; the other texts go through ``normalizer`` and
+    ``pre_tokenizer`` one by one. Same counts either way (tested), much faster for millions
+    of item texts."""
+    import polars as pl
+
+    series = pl.Series(texts, dtype=pl.Utf8)
+    ascii_only = series.str.contains(_PRINTABLE_ASCII)
+    counts: Counter[str] = Counter()
+    words = (series.filter(ascii_only).str.to_lowercase().str.extract_all(_ASCII_WORD)
+             .explode().drop_nulls())
+    if len(words):
+        counts.update(dict(words.value_counts().iter_rows()))
+    for text in series.filter(~ascii_only).to_list():
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return counts
+
+
 def train_wordpiece(texts: list[str], vocab_size: int, extra_words: list[str]):
     """A lower-casing WordPiece tokenizer whose vocabulary is built from ``texts``.
 
@@ -61,10 +88,7 @@ def train_wordpiece(texts: list[str], vocab_size: int, extra_words: list[str]):
 
     normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    counts: Counter[str] = Counter()
-    for text in texts:
-        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
-        counts.update(w for w, _ in words)
+    counts = word_counts(texts, normalizer, pre_tokenizer)
     chars = sorted({c for w in counts for c in w})
     vocab: dict[str, int] = {}
     for token in [SPECIALS["pad_token"], SPECIALS["eos_token"], SPECIALS["unk_token"], *chars,

@@ -39,6 +39,7 @@ from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
 from gensr.models.gensr.soft_filter import SoftFilter
 from gensr.models.gensr.speed import DTYPES, Speed
+from gensr.models.gensr.tokens import cached_token_table, token_table
 from gensr.models.gensr.views import CFView, SemanticView
 from gensr.tensor import masked_mean, resolve_precision
 
@@ -61,9 +62,61 @@ class HistoryEncoding:
                                pick(self.prompt_mask))
 
 
+class TokenRows:
+    """The rows of a padded token table without their padding, made when asked for (a
+    list-like of 1-D tensors; :meth:`append` adds rows for texts the table lacks)."""
+
+    def __init__(self, table: torch.Tensor, pad_id: int) -> None:
+        self.table = table
+        self.pad_id = int(pad_id)
+        self.extra: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.table) + len(self.extra)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if index < len(self.table):
+            row = self.table[index]
+            return row[row != self.pad_id]
+        return self.extra[index - len(self.table)]
+
+    def append(self, row: torch.Tensor) -> None:
+        self.extra.append(row)
+
+
+def data_token_table(tokenizer, data: SRData, texts: list[str], width: int, kind: str
+                     ) -> torch.Tensor:
+    """:func:`token_table` of ``texts`` (the data's items or queries), cached in
+    ``DATA_DIR/cache/`` by tokenizer fingerprint and width (:mod:`gensr.models.gensr.tokens`)."""
+    return cached_token_table(tokenizer, texts, width, data_dir=getattr(data, "path", None),
+                              data_fingerprint=str(getattr(data, "fingerprint", "")), kind=kind)
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (b, …) of every training process concatenated (W·b, …), with gradient, when
+    ``torch.distributed`` runs several processes (DDP under ``accelerate launch``); ``x``
+    itself on one process. Every process must call it with the same ``b``.
+
+    The backward pass sums, for each process's rows, the gradients all processes computed
+    for them; DDP then averages the parameter gradients over the processes, so a loss
+    computed on the gathered batch gets exactly the gradient it has on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
 def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 10, symmetrised: cosine similarities / τ, the same user's pair as the positive and
-    the other users in the batch as negatives, averaged over both directions."""
+    the other users in the batch as negatives, averaged over both directions. Under DDP the
+    callers pass the whole global batch (:func:`gather_batch`), so the negatives, and the
+    loss, do not depend on the number of processes."""
     sim = F.normalize(z_cf, dim=-1) @ F.normalize(z_sem, dim=-1).T / tau
     target = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
@@ -131,12 +184,12 @@ class GenSR(SRModel):
         )
         d_model = self.backbone.d_model
         tok = self.backbone.tokenizer
-        # token tables of item texts (first N tokens) and queries, built once from the data
-        self.register_buffer("item_tokens", self._token_table(tok, data.item_text,
-                                                              config.item_text_tokens),
-                             persistent=False)
-        query_table = self._token_table(tok, data.query_text, config.max_query_tokens)
-        self.query_tokens = [row[row != self.backbone.pad_id] for row in query_table]
+        # token tables of item texts (first N tokens) and queries, cached in the data directory
+        self.register_buffer("item_tokens", data_token_table(
+            tok, data, data.item_text, config.item_text_tokens, "items"), persistent=False)
+        self.query_tokens = TokenRows(data_token_table(
+            tok, data, data.query_text, config.max_query_tokens, "queries"),
+            self.backbone.pad_id)
 
         cf = cf_table if cf_table is not None else load_cf_table(config, data)
         # CF vectors are projected to d_model before the prompt
@@ -163,13 +216,8 @@ class GenSR(SRModel):
 
     @staticmethod
     def _token_table(tokenizer, texts: list[str], width: int) -> torch.Tensor:
-        pad = tokenizer.pad_token_id
-        table = torch.full((len(texts), width), pad, dtype=torch.long)
-        encoded = tokenizer(texts[1:], add_special_tokens=False, truncation=True,
-                            max_length=width)["input_ids"] if len(texts) > 1 else []
-        for i, ids in enumerate(encoded, start=1):
-            table[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return table
+        """(len(texts), width): each text's first ``width`` tokens, padded (row 0 = padding)."""
+        return token_table(tokenizer, texts, width)
 
     def add_queries(self, texts: list[str]) -> list[int]:
         """Tokenise query texts the data does not hold and append them to ``query_tokens``."""
@@ -370,9 +418,9 @@ class GenSR(SRModel):
         if cfg.use_contrastive and cfg.use_cf_view and cfg.use_semantic_view and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)  # the filtered vectors w.r.t. the target
             rows = torch.arange(len(batch), device=positive.device)
-            z_cf = vectors["cf_history"][rows, positive]
-            z_sem = vectors["sem_history"][rows, positive]
-            l_cl = info_nce(z_cf.float(), z_sem.float(), cfg.tau)  # Eq. 10
+            z_cf = gather_batch(vectors["cf_history"][rows, positive].float())
+            z_sem = gather_batch(vectors["sem_history"][rows, positive].float())
+            l_cl = info_nce(z_cf, z_sem, cfg.tau)  # Eq. 10, over the global batch
             loss = loss + cfg.lam * l_cl
             logs["loss_cl"] = float(l_cl.detach())
         return ModelOutput(loss=loss, logs=logs)

@@ -2,7 +2,8 @@
 
 :class:`Speed` holds the levers that change how fast GenSR scores, not what it computes
 (up to floating-point summation order). ``"auto"``/``None`` values resolve against the
-device at call time (:meth:`Speed.resolve`): the fast path on CUDA, the original path on CPU.
+device at call time (:meth:`Speed.resolve`): the fused T5 pass and length buckets on every
+device (8-token bands on CUDA, 2-token bands on CPU); :meth:`Speed.plain` is the original path.
 The weights' precision (bf16 or fp32) is not a lever here but a state of the model
 (:meth:`GenSR.set_precision`), set where a model is loaded for inference.
 """
@@ -20,7 +21,7 @@ RUNNERS = ("auto", "hf", "fused")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CUDA_CHUNK = 4096  # pointwise sequences per backbone call on CUDA (auto)
 CUDA_BUCKET = 8  # prompt-length band of a bucket on CUDA (auto), in tokens
-CPU_BUCKET = 1  # on CPU (auto): groups of equal prompt length (no padding at all)
+CPU_BUCKET = 2  # on CPU (auto): groups of prompts within 2 tokens of length (little padding)
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,12 @@ class Speed:
 
     ``runner``: ``hf`` = the backbone's own forward; ``fused`` = :class:`FusedT5` (T5
     backbones: one attention bias per batch, SDPA, a specialised first decoder step);
-    ``auto`` = fused on CUDA when the backbone is a T5, else hf.
+    ``auto`` = fused when the backbone is a T5, else hf.
     ``bucket``: score instances grouped by prompt length — instances whose lengths fall in the
     same ``bucket``-token band are scored together, padded to the band's longest prompt (a
     band of equal lengths shares one mask, broadcast over its rows); 0 = off, None = 8 on
-    CUDA, off on CPU. ``pad_to``: pad each bucket's prompts to a multiple of this many
+    CUDA, 2 on CPU; training uses the same groups (GenSR.loss). ``pad_to``: pad each
+    bucket's prompts to a multiple of this many
     positions (16 keeps the bias aligned for CUDA's memory-efficient attention, which
     otherwise pads and materialises it; costs the extra positions); 1 = no padding.
     ``chunk``: pointwise sequences per backbone call (None: the config's
