@@ -155,22 +155,34 @@ def evaluate_cmd(
     data: Path | None = typer.Option(None, help="Data directory (with --model, or to "
                                         "override the run's)."),
     split: str = typer.Option("test", help="valid | test"),
-    full: bool = typer.Option(False, help="Full ranking over all items (models that can)."),
+    full: bool = typer.Option(False, help="Rank the whole catalogue: models that score every "
+                              "item directly, any model through --retriever."),
+    retriever: list[str] | None = typer.Option(
+        None, "--retriever", help="With --full: retrieve --rerank-n items with SPEC, then the "
+        "model reranks them (repeatable): lightgcn | lightgcn-history | bm25 | pop | "
+        "NAME=RUN_DIR (sasrec, tem) | A+B (union) (docs/serving.md)."),
+    rerank_n: int = typer.Option(100, "--rerank-n", min=1, help="Items retrieved per "
+                                 "instance for the reranker."),
+    index: str = typer.Option("exact", help="Dense retrievers: exact | hnsw (approximate, "
+                              "FAISS; built once, saved in the run's retrieval/)."),
     ties: str = typer.Option("expected", help="expected | pessimistic | optimistic"),
     batch_size: int = typer.Option(64, help="Instances per batch."),
     max_instances: int | None = typer.Option(None, help="Seeded subset of instances."),
     save_scores: Path | None = typer.Option(None, help="Write every instance's scores "
-                                               "(Parquet)."),
+                                               "(Parquet); with --retriever its retrieved "
+                                               "items and reranked order."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
 ) -> None:
-    """Evaluate a trained run or a reference scorer on the stored candidates."""
+    """Evaluate a trained run or a reference scorer on the stored candidates (or, with
+    --full, on the whole catalogue)."""
     from gensr.eval.runner import evaluate_run
 
     evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
-                 device=device, console=console, precision=precision, fast_path=fast_path)
+                 device=device, console=console, precision=precision, fast_path=fast_path,
+                 retrievers=retriever or None, rerank_n=rerank_n, index=index)
 
 
 # --- comparison --------------------------------------------------------------------------

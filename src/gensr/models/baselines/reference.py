@@ -6,8 +6,6 @@ so they sit in every comparison table beside the trained models.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +99,8 @@ class BM25Config(ModelConfig):
 
 
 class BM25Scorer(SRModel):
-    """Okapi BM25 between the query and each candidate's text (search only)."""
+    """Okapi BM25 between the query and each item's text (search only), on the ``bm25s``
+    library (:class:`gensr.retrieve.bm25.BM25Index`): the stored candidates, or every item."""
 
     name = "bm25"
     config_class = BM25Config
@@ -110,28 +109,10 @@ class BM25Scorer(SRModel):
 
     def __init__(self, config: BM25Config, data: SRData) -> None:
         super().__init__(config, data)
-        texts = data.item_text
-        cats = data.item_category
-        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        lengths = np.zeros(data.n_items + 1)
-        for item in range(1, data.n_items + 1):
-            doc = texts[item] + (" " + cats[item] if config.use_category else "")
-            terms = analyze(doc)
-            lengths[item] = len(terms)
-            tf: dict[str, int] = defaultdict(int)
-            for t in terms:
-                tf[t] += 1
-            for t, n in tf.items():
-                postings[t].append((item, n))
-        avgdl = max(lengths[1:].mean(), 1e-9) if data.n_items else 1.0
-        n_docs = data.n_items
-        self.index: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for t, plist in postings.items():
-            items = np.fromiter((p[0] for p in plist), dtype=np.int64, count=len(plist))
-            tf_arr = np.fromiter((p[1] for p in plist), dtype=np.float64, count=len(plist))
-            idf = math.log(1 + (n_docs - len(plist) + 0.5) / (len(plist) + 0.5))
-            norm = config.k1 * (1 - config.b + config.b * lengths[items] / avgdl)
-            self.index[t] = (items, idf * tf_arr * (config.k1 + 1) / (tf_arr + norm))
+        from gensr.retrieve.bm25 import BM25Index
+
+        self.index = BM25Index(data, k1=config.k1, b=config.b,
+                               use_category=config.use_category)
         self.query_terms = [analyze(q) for q in data.query_text]
 
     def add_queries(self, texts: list[str]) -> list[int]:
@@ -142,16 +123,11 @@ class BM25Scorer(SRModel):
                 self.query_terms.append(analyze(text))
         return super().add_queries(texts)
 
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        queries = batch.query.cpu().numpy()
+        scores = self.index.scores_many([self.query_terms[q] for q in queries])
+        return torch.from_numpy(scores).to(batch.candidates.device)
+
     def score(self, batch: Batch) -> torch.Tensor:
-        cands = batch.candidates.cpu().numpy()
-        out = np.zeros(cands.shape, dtype=np.float64)
-        for row, qid in enumerate(batch.query.cpu().numpy()):
-            for term in self.query_terms[qid]:
-                hit = self.index.get(term)
-                if hit is None:
-                    continue
-                items, weights = hit
-                pos = np.minimum(np.searchsorted(items, cands[row]), len(items) - 1)
-                found = items[pos] == cands[row]
-                out[row, found] += weights[pos[found]]
-        return torch.from_numpy(out).to(batch.candidates.device)
+        every = self.score_all(batch)
+        return every.gather(1, batch.candidates)
