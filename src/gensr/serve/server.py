@@ -73,6 +73,9 @@ def serve(
     graceful_timeout: float = 10.0,
     precision: str = "auto",
     fast_path: bool = True,
+    retrievers: list[str] | None = None,
+    rerank_n: int = 100,
+    index: str = "exact",
 ) -> None:
     """Serve ``run_dir``'s model on ``host:port`` until SIGINT/SIGTERM.
 
@@ -80,6 +83,9 @@ def serve(
     (for at most ``graceful_timeout`` seconds), then the batcher drains and stops.
     ``threads`` sets torch's CPU threads for the process (default: torch's choice).
     ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`).
+    ``retrievers`` (specs; None: lightgcn from the run's CF table for recommendation, bm25
+    for search), ``rerank_n`` and ``index``: the full-catalogue routes ``/v1/recommend`` and
+    ``/v1/search`` (:mod:`gensr.serve.full`).
     """
     check_bind(host, api_key, insecure)
     require_serve_extra()
@@ -92,7 +98,8 @@ def serve(
     from gensr.serve.app import ServeSettings, create_app
 
     ranker = Ranker.from_run(run_dir, data=data, device=device, limits=limits,
-                             batch_size=max_batch, precision=precision, fast_path=fast_path)
+                             batch_size=max_batch, precision=precision, fast_path=fast_path,
+                             retrievers=retrievers, rerank_n=rerank_n, index=index)
     settings = ServeSettings(api_key=api_key or None, max_batch=max_batch, window_ms=window_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes)
     app = create_app(ranker, settings)
