@@ -87,9 +87,10 @@ def top_n(scores: torch.Tensor, n: int) -> Retrieved:
     Selects with ``torch.topk`` and settles ties at the N-th score by item id, so it costs
     O(items) per row, not a full sort.
     """
-    scores = scores.float().clone()
+    # float64 scores (BM25) stay float64: rounding to float32 could tie distinct scores
+    scores = scores.clone() if scores.is_floating_point() else scores.float()
     scores[:, 0] = float("-inf")
-    scores = torch.nan_to_num(scores, nan=float("-inf"))
+    scores = torch.nan_to_num(scores, nan=float("-inf"), neginf=float("-inf"))
     b, width = scores.shape
     n = int(min(n, width - 1))
     if n <= 0 or b == 0:
@@ -115,7 +116,8 @@ def merge_top_n(candidates: torch.Tensor, scores: torch.Tensor, n: int,
     """The ``n`` best of a (B, K) set of candidate ids with their scores (ids <= 0 or repeated
     ids are dropped, as are excluded ones), by score then item id."""
     candidates = candidates.long()
-    scores = torch.nan_to_num(scores.float().clone(), nan=float("-inf"))
+    scores = scores.clone() if scores.is_floating_point() else scores.float()
+    scores = torch.nan_to_num(scores, nan=float("-inf"), neginf=float("-inf"))
     scores[candidates <= 0] = float("-inf")
     if exclude is not None and len(exclude):
         # (row, item) pairs to drop: compare each candidate with its row's excluded items

@@ -163,7 +163,7 @@ class ScoringRetriever(Retriever):
     def retrieve(self, batch: Batch, n: int, exclude: Exclusion | None = None) -> Retrieved:
         with torch.no_grad():
             scores = self.model.score_all(truncate_history(
-                batch.to(self.model.device), self.max_his_len)).float().clone()
+                batch.to(self.model.device), self.max_his_len)).clone()
         if self.positive_only:
             scores[scores <= 0] = float("-inf")
         if exclude is not None:
