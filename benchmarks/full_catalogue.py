@@ -134,8 +134,9 @@ def quality(runs: dict[str, Path], ns: list[int], max_instances: int | None, see
             rows.append({"task": task, "system": f"gensr ∘ {name}", "retriever": name,
                          "n": n, "metrics": m_rr, "seconds": round(wall, 3),
                          "stage_seconds": res.seconds, "instances": res.instances})
-            log(f"{task} gensr ∘ {name}@{n}: R@10 {m_rr['R@10']:.4f} (alone "
-                f"{m_ret['R@10']:.4f}, ceiling R@{n} {m_ret[f'R@{n}']:.4f}) in {wall:.1f}s")
+            k = min(10, n)
+            log(f"{task} gensr ∘ {name}@{n}: R@{k} {m_rr[f'R@{k}']:.4f} (alone "
+                f"{m_ret[f'R@{k}']:.4f}, ceiling R@{n} {m_ret[f'R@{n}']:.4f}) in {wall:.1f}s")
     full_models = {
         "sasrec": lambda: load_run(runs["sasrec"], data, device)[0],
         "tem": lambda: load_run(runs["tem"], data, device)[0],
@@ -318,7 +319,8 @@ def markdown(result: dict) -> str:
             m = r["metrics"]
             ceiling = f"{m['R@' + str(r['n'])]:.4f}" if r["n"] else "–"
             lines.append("| " + " | ".join([r["system"], str(r["n"] or "all"),
-                                            *[f"{m[k]:.4f}" for k in QUALITY_METRICS],
+                                            *[f"{m[k]:.4f}" if k in m else "–"
+                                              for k in QUALITY_METRICS],
                                             ceiling, f"{r['seconds']:.1f}"]) + " |")
         lines.append("")
     lat = result["latency"]
