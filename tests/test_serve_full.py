@@ -72,6 +72,16 @@ def test_recommend_and_search_from_python(ranker, tiny_data):
         ranker.recommend([ids[3]], top_k=20, rerank_n=10)
     with pytest.raises(RequestError, match="no retriever 'tem'"):
         ranker.recommend([ids[3]], retriever="tem")
+    # the service's batcher may hand over /v1/rank and full-catalogue requests together
+    from gensr.serve.full import FullRanking, FullRequest
+    from gensr.serve.ranker import Ranking, RankRequest
+
+    mixed = ranker.rank_prepared([
+        ranker.prepare_full(FullRequest([ids[3]], top_k=2)),
+        ranker.prepare(RankRequest([ids[3]], candidates=[ids[4], ids[5]])),
+        ranker.prepare_full(FullRequest([ids[3]], query="garden", top_k=1))])
+    assert [type(m) for m in mixed] == [FullRanking, Ranking, FullRanking]
+    assert mixed[2].task == "src" and len(mixed[1]) == 2
     results = ranker.rank_full_many([{"history": [ids[3]], "top_k": 2},
                                      {"history": [ids[3]], "rerank_n": 0}], return_errors=True)
     assert len(results[0]) == 2 and "request 1: rerank_n must be a positive" in str(results[1])
