@@ -448,6 +448,4 @@ def full_request_from_mapping(req: Mapping[str, Any], *, task: str | None = None
     return FullRequest(history=req.get("history") or (), user=req.get("user"), query=query,
                        top_k=DEFAULT_TOP_K if top_k is None else top_k,
                        rerank_n=req.get("rerank_n"), retriever=req.get("retriever"),
-                       keep_consumed=bool(req.get("keep_consumed", False))
-                       if isinstance(req.get("keep_consumed", False), bool)
-                       else req.get("keep_consumed"))
+                       keep_consumed=req.get("keep_consumed", False))  # checked by prepare
