@@ -13,7 +13,7 @@ Scoring rows (candidates/s, MFU, agreement with the fp32 reference scores):
   output_scores=True)``; P(Yes) = softmax(scores[0])[Yes];
 * ``gensr fp32``: the history encoded once per instance and reused for its candidates, one
   encoder pass + one decoder step (``GenSR.score`` with ``Speed.plain()``);
-* then one lever added per row: bf16 backbone weights, single-copy splice, the fused T5 pass
+* then one lever added per row: bf16 backbone weights, the fused T5 pass
   (SDPA, one bias per batch, specialised decoder step), length buckets, 4096 sequences per
   call, ``torch.compile``, CUDA graphs (``--cuda-graphs``); last, ``gensr default``: what
   ``gensr evaluate``/``serve`` run on this device with no options.
@@ -21,7 +21,7 @@ Scoring rows (candidates/s, MFU, agreement with the fp32 reference scores):
 Training rows (examples/s at ``--train-batch`` (200) pointwise examples per step = 50
 instances x (1 positive + 3 negatives); forward, backward, grad clipping, AdamW step):
 ``reference`` (fp32, history per example, the backbone's own forward), ``gensr fp32``, then
-bf16 autocast, single-copy splice, fused T5 pass, fused AdamW, ``torch.compile``.
+bf16 autocast, fused T5 pass, fused AdamW, ``torch.compile``.
 
 MFU = model FLOPs/s ÷ the GPU's dense bf16 peak (all rows, fp32 ones included). Model FLOPs
 count the backbone only, per pointwise sequence of t positions (no padding), 2 FLOPs per
@@ -30,7 +30,9 @@ multiply-add: encoder layers 2·t·d·4i + 4·t²·i + 2·t·d·f·g, decoder la
 for gated FFNs, 2 otherwise); training = 3 × forward. Agreement: max and mean |ΔP(Yes)| over
 all (instance, candidate) pairs of ``--agree-instances`` (100) instances, and the share of
 instances whose top-10 candidates come in the identical order (stable sort), against the
-reference scores.
+reference scores. The same agreement is measured on trained weights: the benchmark's model
+trained for ``--agree-train-steps`` (300) steps with gensr's trainer on the data's training
+split, scored on its test instances (and, with ``--agree-run RUN_DIR``, on a trained run).
 
     python benchmarks/throughput.py                         # CUDA: the shapes above
     python benchmarks/throughput.py --tiny --out /tmp/t.json  # small shapes (CPU smoke run)
@@ -175,7 +177,7 @@ def per_candidate(batch: Batch) -> Batch:
 @torch.no_grad()
 def reference_scores(model: GenSR, batch: Batch, chunk: int = 512) -> torch.Tensor:
     """P(Yes) (B, C) the reference way: per-candidate instances (history views re-encoded
-    for every candidate), the original splice, and one-token ``generate``."""
+    for every candidate) and one-token ``generate``."""
     b, c = batch.candidates.shape
     flat = per_candidate(batch)
     core = model.backbone.core
@@ -185,7 +187,7 @@ def reference_scores(model: GenSR, batch: Batch, chunk: int = 512) -> torch.Tens
         sub = flat.select(slice(start, start + chunk))  # type: ignore[arg-type]
         enc = model.encode_history(sub)
         vectors = model.slot_vectors(enc, sub.candidates)
-        embeds, mask = model.prompt_embeddings(enc, vectors, splice="where")
+        embeds, mask = model.prompt_embeddings(enc, vectors)
         gen = core.generate(inputs_embeds=embeds, attention_mask=mask.long(), max_new_tokens=1,
                             do_sample=False, num_beams=1, output_scores=True,
                             return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
@@ -253,17 +255,15 @@ def spread(reference: np.ndarray, top: int = TOP) -> dict:
             "p_yes_median": float(np.median(reference))}
 
 
-def agreement_on_run(run_dir: Path, levers: list[Lever], args: argparse.Namespace,
-                     device: torch.device) -> dict:
-    """Agreement of each gensr scoring lever with the fp32 path on a trained run's test
-    instances (its own weights and stored candidates); compiled levers are left out."""
+def lever_agreement(model: GenSR, data, levers: list[Lever], args: argparse.Namespace,
+                    device: torch.device) -> dict:
+    """Agreement of each gensr scoring lever with the fp32 path (``Speed.plain()``) on
+    ``--agree-instances`` seeded test instances of ``data`` (their stored candidates), with
+    ``model``'s current weights; compiled levers are left out."""
     from gensr.data.batching import eval_instances
     from gensr.errors import ConfigError
-    from gensr.runs import load_run
 
-    model, data = load_run(run_dir, device=device)
-    if model.name != "gensr":
-        raise SystemExit(f"--agree-run: {run_dir} holds a {model.name} run, not gensr")
+    model.set_precision("fp32")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     table = eval_instances(data, "test", max_instances=args.agree_instances, seed=args.seed)
     batches = [b.to(device) for b in table.batches(data, args.instances,
@@ -287,9 +287,57 @@ def agreement_on_run(run_dir: Path, levers: list[Lever], args: argparse.Namespac
             rows.append({"lever": lever.name, "agreement": agreement(scores(lever), reference)})
         except ConfigError as err:  # e.g. the fused pass on a backbone that is not a T5
             rows.append({"lever": lever.name, "agreement": None, "skipped": str(err)})
-    return {"run": str(run_dir), "backbone": model.config.backbone,
-            "instances": int(len(table)), "reference": "gensr fp32 (Speed.plain())",
-            "spread": spread(reference), "rows": rows}
+    model.set_precision("fp32")
+    model.load_state_dict(state, strict=False)
+    return {"backbone": model.config.backbone, "instances": int(len(table)),
+            "reference": "gensr fp32 (Speed.plain())", "spread": spread(reference),
+            "rows": rows}
+
+
+def agreement_on_run(run_dir: Path, levers: list[Lever], args: argparse.Namespace,
+                     device: torch.device) -> dict:
+    """:func:`lever_agreement` on a trained run's test instances (its own weights)."""
+    from gensr.runs import load_run
+
+    model, data = load_run(run_dir, device=device)
+    if model.name != "gensr":
+        raise SystemExit(f"--agree-run: {run_dir} holds a {model.name} run, not gensr")
+    return {"run": str(run_dir), **lever_agreement(model, data, levers, args, device)}
+
+
+def agreement_after_training(model: GenSR, data, fp32_state: dict, levers: list[Lever],
+                             args: argparse.Namespace, device: torch.device) -> dict:
+    """Train the benchmark's own model (from its random weights) for ``--agree-train-steps``
+    steps with gensr's trainer (:func:`gensr.train.fit`: the package's defaults on this
+    device, one validation at the end) on ``data``'s training split, then
+    :func:`lever_agreement` on its test instances: a trained model spreads its scores,
+    random weights leave near-ties that any rounding reorders."""
+    from gensr.train import TrainConfig, fit
+
+    steps = args.agree_train_steps
+    model.set_precision("fp32")
+    model.load_state_dict(fp32_state, strict=False)
+    model.speed = Speed()
+    config = TrainConfig(
+        n_negatives=args.negatives, batch_size=max(1, args.train_batch // (1 + args.negatives)),
+        lr=args.agree_train_lr, warmup_steps=max(1, steps // 10), max_steps=steps,
+        eval_every=steps, eval_max_instances=args.agree_instances, eval_batch_size=args.instances,
+        patience=0, seed=args.seed, log_every=max(1, steps // 10), device=device.type,
+        progress=False)
+    log = print if args.verbose else (lambda _msg: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        state = fit(model, data, config, Path(tmp) / "run", log=log)
+        seconds = time.perf_counter() - start
+    last = state.history[-1]
+    result = lever_agreement(model, data, levers, args, device)
+    model.set_precision("fp32")
+    model.load_state_dict(fp32_state, strict=False)  # random weights again
+    return {"train_steps": state.step, "train_seconds": round(seconds, 1),
+            "train_lr": args.agree_train_lr, "train_batch_instances": config.batch_size,
+            "train_loss_last_interval": last["train_loss"],
+            "valid": {"metric": config.metric, "value": last["value"],
+                      "instances": args.agree_instances}, **result}
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -341,7 +389,6 @@ def scoring_levers(args: argparse.Namespace, device: torch.device) -> list[Lever
                   base),
             Lever("gensr fp32: history per instance, one decoder step", "gensr", "fp32", base)]
     steps = [("+ bf16 weights", "bf16", {}),
-             ("+ single-copy splice", "bf16", {"splice": "index"}),
              ("+ fused T5 pass (SDPA, one bias/batch)", "bf16", {"runner": "fused"}),
              ("+ length buckets (8 tokens)", "bf16", {"bucket": 8}),
              ("+ buckets padded to 16 positions", "bf16", {"pad_to": 16}),
@@ -365,7 +412,6 @@ def training_levers(args: argparse.Namespace, device: torch.device) -> list[Leve
             Lever("gensr fp32: history per instance", "gensr", "fp32", base)]
     steps: list[tuple[str, str, dict, bool]] = [
         ("+ bf16 autocast", "bf16", {}, False),
-        ("+ single-copy splice", "bf16", {"splice": "index"}, False),
         ("+ fused T5 pass (SDPA, one bias/batch)", "bf16", {"runner": "fused"}, False),
         ("+ fused AdamW", "bf16", {}, True)]
     if args.compile:
@@ -494,13 +540,19 @@ def run(args: argparse.Namespace) -> dict:
     shape = SHAPES["tiny" if args.tiny else args.shape]
     name = device_name(device)
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
+    # the synthetic data lives until the run ends (the trainer and the stored candidates
+    # read it lazily)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data
         if data_dir is None:
             data_dir = Path(tmp) / "data"
             prepare("synthetic", None, data_dir,
                     options={"n_users": 300, "n_items": 400, "seed": 0} if args.tiny else None)
-        data = load_data(data_dir)
+        return _run(args, load_data(data_dir), device, shape, name, peak)
+
+
+def _run(args: argparse.Namespace, data, device: torch.device, shape: dict, name: str,
+         peak: float | None) -> dict:
     model = build_model(data, shape, history=args.history, prompt_tokens=args.prompt_tokens,
                         seed=args.seed).to(device)
     fp32_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -536,6 +588,11 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"training: {lever.name}", flush=True)
             training.append(run_training(model, lever, train_batches, fp32_state, args,
                                          device, peak))
+    agree_trained = None
+    if args.agree_train_steps > 0:
+        if args.verbose:
+            print(f"agreement after {args.agree_train_steps} training steps", flush=True)
+        agree_trained = agreement_after_training(model, data, fp32_state, levers, args, device)
 
     import transformers
 
@@ -563,7 +620,8 @@ def run(args: argparse.Namespace) -> dict:
                    "agree_instances": args.agree_instances,
                    "train_batch_examples": n_train * (1 + args.negatives),
                    "train_instances": n_train, "negatives": args.negatives,
-                   "reference_chunk": args.ref_chunk, "warmup": args.warmup},
+                   "reference_chunk": args.ref_chunk, "warmup": args.warmup,
+                   "agree_train_steps": args.agree_train_steps},
         "flops_formula": "backbone only, per sequence of t positions: encoder layers "
                          "2*t*d*4i + 4*t^2*i + 2*t*d*f*g; decoder layers (one step) 2*d*4i + "
                          "2*d*2i + 2*t*d*2i + 4*t*i + 2*d*f*g; head 2*d*V; i = heads*d_kv, "
@@ -571,6 +629,7 @@ def run(args: argparse.Namespace) -> dict:
         "scoring": scoring, "training": training,
         "agreement_spread": spread(reference) if reference is not None else None,
         "agreement_run": agree_run,
+        "agreement_trained": agree_trained,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "gensr": gensr.__version__,
                     "cuda": torch.version.cuda, "cpus": os.cpu_count(),
@@ -628,6 +687,19 @@ def _md_table(head: tuple[str, ...], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(cells) + " |" for cells in rows)]
 
 
+def _agreement_table(block: dict) -> list[str]:
+    """Markdown lines: each lever's agreement with fp32 on trained weights."""
+    lines = [f"| lever | max abs dP | mean abs dP | top-{TOP} same | top-1 same |",
+             "|---|---:|---:|---:|---:|"]
+    for row in block["rows"]:
+        a = row["agreement"] or {}
+        lines.append(f"| {row['lever']} | {_fmt(a.get('max_abs_dp'), '.1e')} | "
+                     f"{_fmt(a.get('mean_abs_dp'), '.1e')} | "
+                     f"{_fmt(a.get(f'top{TOP}_identical_share'), '.2f')} | "
+                     f"{_fmt(a.get('top1_identical_share'), '.2f')} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     m, inp = result["model"], result["inputs"]
     lines = [
@@ -671,14 +743,22 @@ def markdown(result: dict) -> str:
     if run:
         lines += ["", f"Agreement with fp32 on the run `{run['run']}` (backbone "
                   f"`{run['backbone']}`, {run['instances']} test instances):", "",
-                  f"| lever | max abs dP | mean abs dP | top-{TOP} same | top-1 same |",
-                  "|---|---:|---:|---:|---:|"]
-        for row in run["rows"]:
-            a = row["agreement"] or {}
-            lines.append(f"| {row['lever']} | {_fmt(a.get('max_abs_dp'), '.1e')} | "
-                         f"{_fmt(a.get('mean_abs_dp'), '.1e')} | "
-                         f"{_fmt(a.get(f'top{TOP}_identical_share'), '.2f')} | "
-                         f"{_fmt(a.get('top1_identical_share'), '.2f')} |")
+                  *_agreement_table(run)]
+    trained = result.get("agreement_trained")
+    if trained:
+        sp = trained["spread"]
+        loss = _fmt(trained["train_loss_last_interval"], ".3f")
+        lines += ["", f"Agreement with fp32 after training this model for "
+                  f"{trained['train_steps']} steps (gensr's trainer, "
+                  f"{trained['train_batch_instances']} instances x (1 + {inp['negatives']}) "
+                  f"per step, lr {trained['train_lr']:g}, {trained['train_seconds']} s; mean "
+                  f"train loss of the last interval {loss}, "
+                  f"valid {trained['valid']['metric']} {trained['valid']['value']:.4f} on "
+                  f"{trained['valid']['instances']} instances), on {trained['instances']} test "
+                  f"instances x their 100 stored candidates; median relative spread "
+                  f"{sp['relative_spread_median']:.3g}, median smallest top-{TOP + 1} gap "
+                  f"{sp[f'top{TOP}_min_gap_relative_median']:.2g} of the mean:", "",
+                  *_agreement_table(trained)]
     if result.get("note"):
         lines += ["", result["note"]]
     return "\n".join(lines) + "\n"
@@ -719,6 +799,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--agree-run", type=Path, default=None,
                     help="Also measure each lever's agreement with fp32 on this trained GenSR "
                          "run's test instances (random weights give near-tied scores).")
+    ap.add_argument("--agree-train-steps", type=int, default=None,
+                    help="Also train the benchmark's model for this many steps (gensr's "
+                         "trainer, on the data's training split) and measure each lever's "
+                         "agreement with fp32 on it (default 300; 0 with --tiny; 0 = off).")
+    ap.add_argument("--agree-train-lr", type=float, default=3e-4,
+                    help="Learning rate of those steps (AdamW, 10%% warm-up, linear decay).")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="Dense bf16 peak for MFU when the GPU name is not in the table.")
     ap.add_argument("--seed", type=int, default=0)
@@ -729,7 +815,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     small = args.tiny
     defaults = {"instances": 4 if small else 64, "iters": 1 if small else 3,
                 "agree_instances": 8 if small else 100, "train_batch": 20 if small else 200,
-                "train_steps": 1 if small else 5}
+                "train_steps": 1 if small else 5, "agree_train_steps": 0 if small else 300}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -444,20 +444,13 @@ def test_real_smollm2_scores_a_batch(tiny_data):
     assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_runs_saved_before_the_backbone_card_still_reload(tiny_data, tmp_path, monkeypatch):
-    """A run directory from before gensr_backbone.json (only gensr_tying.json) reloads as a
-    seq2seq backbone with the untied T5 head it was trained with."""
+def test_a_run_without_its_backbone_card_is_refused(tiny_data, tmp_path, monkeypatch):
+    """gensr_backbone.json (kind + tying) is part of every run: without it, one clear error."""
     model = _model(tiny_data, "scratch-t5", scratch_d_model=32, scratch_heads=2,
                    scratch_d_ff=64, scratch_layers=1, scratch_vocab_size=600).eval()
-    batch = _eval_batch(tiny_data)
-    with torch.no_grad():
-        before = model.score(batch)
     run = tmp_path / "run"
     model.save_pretrained(run)
     (run / "backbone" / "gensr_backbone.json").unlink()
-    (run / "backbone" / "gensr_tying.json").write_text(json.dumps({"lm_head_tied": False}))
     monkeypatch.setattr(gensr_modeling, "load_cf_table", lambda config, d: _cf(d))
-    loaded = GenSR.from_pretrained(run, tiny_data).eval()
-    with torch.no_grad():
-        assert torch.equal(before, loaded.score(batch))
-    assert not loaded.backbone.lm_head_tied
+    with pytest.raises(RunError, match="gensr_backbone.json is missing"):
+        GenSR.from_pretrained(run, tiny_data)

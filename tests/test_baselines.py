@@ -191,6 +191,21 @@ def test_disc_hooks_and_round_trip(tmp_path, tiny_data, tiny_cf_path):
         torch.testing.assert_close(again.score(batch), scores)
 
 
+def test_disc_learns_gensrs_scratch_tokenizer(tiny_data, tiny_cf_path):
+    """Both build a scratch tokenizer from one corpus (scratch_corpus): the same vocabulary."""
+    from gensr.models.gensr import GenSR, GenSRConfig
+    from gensr.models.gensr.modeling import scratch_corpus
+
+    disc = _disc(tiny_data, tiny_cf_path)
+    gensr = GenSR(GenSRConfig(backbone="scratch-t5", cf_path=str(tiny_cf_path),
+                              scratch_vocab_size=400, scratch_d_model=16, scratch_heads=2,
+                              scratch_d_ff=32, scratch_layers=1, max_his_len=8,
+                              item_text_tokens=4), tiny_data)
+    assert disc.tokenizer.get_vocab() == gensr.backbone.tokenizer.get_vocab()
+    corpus = scratch_corpus(tiny_data)
+    assert corpus[0] == tiny_data.item_text[1] and GenSRConfig().rec_template in corpus
+
+
 def test_disc_trains_and_beats_random(tmp_path, tiny_data, tiny_cf_path):
     model = _disc(tiny_data, tiny_cf_path, scratch_d_model=32, encoder_ff=64,
                   head_hidden=32).train()

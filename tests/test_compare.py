@@ -21,7 +21,7 @@ from gensr.eval.tables import to_markdown
 TINY_TRAIN = {"max_steps": 10, "batch_size": 32, "eval_every": 5, "eval_max_instances": 40,
               "warmup_steps": 2, "lr": 3e-3, "progress": False, "log_every": 5}
 SCRATCH = {"backbone": "scratch-t5", "scratch_d_model": 16, "scratch_vocab_size": 400,
-           "max_his_len": 5, "item_text_tokens": 4}
+           "item_text_tokens": 4}
 TINY = {
     "defaults": {"train": TINY_TRAIN},
     "models": {
@@ -33,10 +33,11 @@ TINY = {
                                             "{cf_candidate} {sem_candidate}"}},
         "disc": {"model": {**SCRATCH, "encoder_layers": 1, "encoder_heads": 2,
                            "encoder_ff": 32}},
-        "unisar": {"model": {"hidden": 16, "id_dim": 8, "word_dim": 8, "max_his_len": 8}},
-        "sasrec": {"model": {"hidden": 16, "n_layers": 1, "max_his_len": 10}},
-        "tem": {"model": {"hidden": 16, "max_his_len": 10}},
+        "unisar": {"model": {"hidden": 16, "id_dim": 8, "word_dim": 8}},
+        "sasrec": {"model": {"hidden": 16, "n_layers": 1}},
+        "tem": {"model": {"hidden": 16}},
     },
+    "history_window": 6,  # every model reads the same 6 interactions
     "eval": {"max_instances": 120},
     "cf": {"epochs": 2, "min_epochs": 1, "dim": 8},
 }
@@ -214,3 +215,222 @@ def test_compare_md_says_what_was_evaluated(tmp_path, tiny_data_dir, max_instanc
     md = (out / "compare.md").read_text()
     assert says in md
     assert ("seeded subset" in md) == (max_instances < 300)
+
+
+# --- fairness: history windows, validation subset, seeds, significance, candidates ---------
+QUICK = {"defaults": {"train": TINY_TRAIN},
+         "models": {"sasrec": TINY["models"]["sasrec"], "tem": TINY["models"]["tem"]},
+         "eval": {"max_instances": 120}}
+
+
+def _doc(**top):
+    return {**json.loads(json.dumps(QUICK)), **top}
+
+
+def test_different_history_windows_are_refused_or_flagged(tmp_path, tiny_data_dir):
+    doc = _doc()
+    doc["models"]["sasrec"]["model"]["max_his_len"] = 10
+    doc["models"]["tem"]["model"]["max_his_len"] = 6
+    with pytest.raises(ConfigError, match=r"different history windows .*sasrec 10.*"
+                                          r"history_window: N.*allow_different_windows"):
+        compare(tiny_data_dir, "sasrec,tem,pop", tmp_path / "out",
+                config_path=_yaml(tmp_path / "w.yaml", doc), log=_quiet)
+    assert not (tmp_path / "out").exists()  # refused before anything trained
+    # history_window does not override a model that sets its own max_his_len
+    with pytest.raises(ConfigError, match="different history windows"):
+        compare(tiny_data_dir, "sasrec,tem", tmp_path / "out", history_window=6,
+                config_path=_yaml(tmp_path / "w.yaml", doc), log=_quiet)
+
+    doc["allow_different_windows"] = True
+    out = tmp_path / "flagged"
+    report = compare(tiny_data_dir, "sasrec,tem,pop", out, progress=False, log=_quiet,
+                     config_path=_yaml(tmp_path / "w.yaml", doc))
+    assert report["windows_equal"] is False and set(report["windows"]) == {"sasrec", "tem"}
+    assert report["windows"]["sasrec"]["interactions"] == 10
+    assert report["models"]["tem"]["history_window"]["interactions"] == 6
+    md = (out / "compare.md").read_text()
+    assert "**Different history windows**" in md and "sasrec: 10 interactions" in md
+    runs = {line.split("|")[1].strip(): line.split("|")[4].strip()
+            for line in md.splitlines() if line.startswith(("| sasrec |", "| tem |", "| pop |"))}
+    assert runs["sasrec"].startswith("10 (") and runs["tem"].startswith("6 (")
+    assert runs["pop"] == "–"  # reads no history: outside the check
+
+
+def test_one_window_for_all_and_the_events_it_holds(tmp_path, tiny_data_dir, tiny_data):
+    out = tmp_path / "same"
+    report = compare(tiny_data_dir, "sasrec,tem,bm25", out, history_window=5, progress=False,
+                     config_path=_yaml(tmp_path / "q.yaml", _doc()), log=_quiet)
+    assert report["windows_equal"] is True
+    for name in ("sasrec", "tem"):
+        run = json.loads((out / name / "seed0" / "run.json").read_text())
+        assert run["model_config"]["max_his_len"] == 5
+    table = compare_mod.evaluation_table(tiny_data, compare_mod.EvalSettings(max_instances=120))
+    rows, events = tiny_data.sequences.window_counts(table.user, table.seq, 5)
+    assert report["windows"]["sasrec"]["mean_events"] == pytest.approx(events.mean(), abs=0.01)
+    assert rows.max() == 5 and events.max() <= 5
+    assert "every model reads the last 5 interactions" in (out / "compare.md").read_text()
+
+
+def test_window_events_count_twins_once(tmp_path):
+    from gensr.data import load_data
+    from gensr.data.prepare import prepare
+    from test_adapter_atomic import _write_atomic
+
+    raw = _write_atomic(tmp_path / "raw")  # every purchase: a rec row and a src twin
+    data = load_data(prepare("amazon-atomic", raw, tmp_path / "d", n_negatives=10)[0])
+    table = compare_mod.evaluation_table(data, compare_mod.EvalSettings())
+    rows, events = data.sequences.window_counts(table.user, table.seq, 4)
+    # test instances see 5 past purchases = 10 rows: 4 rows = 2 whole twin pairs
+    test = table.seq == table.seq.max()
+    assert (rows[test] == 4).all() and (events[test] == 2).all()
+    rows, events = data.sequences.window_counts(table.user, table.seq, 3)
+    assert (events[test] == 2).all()  # 3 rows: one pair and half of another
+    rows, events = data.sequences.window_counts(table.user, table.seq, 100)
+    assert (rows[test] == 10).all() and (events[test] == 5).all()
+
+
+def test_seeds_list_paired_tests_and_marks(tmp_path, tiny_data_dir):
+    import polars as pl
+    from scipy import stats
+
+    doc = _doc(seeds=[0, 2], history_window=6, significance={"reference": "sasrec"})
+    out = tmp_path / "sig"
+    report = compare(tiny_data_dir, "sasrec,pop,random", out, progress=False, log=_quiet,
+                     config_path=_yaml(tmp_path / "s.yaml", doc))
+    assert [r["seed"] for r in report["models"]["sasrec"]["runs"]] == [0, 2]
+    assert [r["seed"] for r in report["models"]["random"]["runs"]] == [0, 2]
+    assert len(report["models"]["pop"]["runs"]) == 1
+    saved = json.loads((out / "compare.json").read_text())
+    results = saved["significance"]["results"]
+    assert set(results) == {"pop", "random"} and set(results["pop"]) == {"rec"}
+    # the stored p-value is the paired t-test of the per-instance values (seed means)
+    inst = pl.read_parquet(out / "compare_instances.parquet").filter(pl.col("task") == "rec")
+    assert inst.height == report["eval"]["instances"]["rec"]
+    runs = [json.loads((out / "sasrec" / f"seed{s}" / "compare_eval.json").read_text())
+            for s in (0, 2)]
+    seed_mean = np.mean([r["per_instance"]["N@10"] for r in runs], axis=0)
+    np.testing.assert_allclose(inst["sasrec/N@10"].to_numpy(), seed_mean)
+    for other in ("pop", "random"):
+        expected = stats.ttest_rel(inst["sasrec/N@10"].to_numpy(),
+                                   inst[f"{other}/N@10"].to_numpy())
+        got = results[other]["rec"]["N@10"]
+        assert got["p_value"] == pytest.approx(expected.pvalue)
+        assert got["n"] == inst.height
+    assert inst["sasrec/N@10"].is_not_null().all()
+    # marks: † exactly on the cells whose p < alpha
+    md = (out / "compare.md").read_text()
+    assert "## sasrec against each model" in md
+    header = next(line for line in md.splitlines() if line.startswith("| task |"))
+    names = [c.strip() for c in header.split("|")[3:-1]]
+    for line in md.splitlines():
+        if not line.startswith("| Recommendation |"):
+            continue
+        cells = dict(zip(names, (c.strip() for c in line.split("|")[3:-1])))
+        metric = line.split("|")[2].strip()
+        assert "†" not in cells["sasrec"]
+        for other in ("pop", "random"):
+            significant = results[other]["rec"][metric]["p_value"] < 0.05
+            assert cells[other].endswith("†") == significant, (metric, other, cells)
+    # bootstrap is a config choice; an unknown test is refused up front
+    with pytest.raises(ConfigError, match="significance.test"):
+        compare(tiny_data_dir, "sasrec,pop", tmp_path / "x", log=_quiet,
+                config_path=_yaml(tmp_path / "b.yaml", _doc(significance={"test": "z"})))
+    with pytest.raises(ConfigError, match="seeds lists a seed more than once"):
+        compare(tiny_data_dir, "pop", tmp_path / "x", log=_quiet,
+                config_path=_yaml(tmp_path / "b.yaml", _doc(seeds=[1, 1])))
+
+
+def test_shared_validation_subset_and_runs_table(tmp_path, tiny_data_dir):
+    doc = _doc(history_window=6, validation={"max_instances": 50, "seed": 3})
+    with pytest.raises(ConfigError, match="defaults.train.eval_max_instances is set by "
+                                          "validation"):
+        compare(tiny_data_dir, "tem", tmp_path / "x", log=_quiet,
+                config_path=_yaml(tmp_path / "v.yaml", doc))
+    del doc["defaults"]["train"]["eval_max_instances"]
+    out = tmp_path / "val"
+    report = compare(tiny_data_dir, "sasrec,tem", out, progress=False, log=_quiet,
+                     config_path=_yaml(tmp_path / "v.yaml", doc))
+    runs = {n: json.loads((out / n / "seed0" / "run.json").read_text()) for n in ("sasrec", "tem")}
+    for run in runs.values():
+        cfg = run["train_config"]
+        assert (cfg["eval_max_instances"], cfg["eval_fraction"], cfg["eval_seed"]) == (50, 1.0, 3)
+        assert run["stop_reason"] == "max_steps"
+    # sasrec validates on the rec part, tem on the search part of the same 50 instances
+    assert runs["sasrec"]["valid_instances"] + runs["tem"]["valid_instances"] == 50
+    assert report["validation"] == {"max_instances": 50, "seed": 3}
+    md = (out / "compare.md").read_text()
+    assert "same validation subset: 50 valid instances" in md
+    assert "| model | runs (seeds) | done | window | valid | epochs | steps (best) | stop |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| sasrec |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[4] == str(runs["sasrec"]["valid_instances"])
+    assert cells[5] == f"{runs['sasrec']['epochs']:g}" and cells[7] == "max steps"
+    bad = json.loads(json.dumps(doc))
+    bad["models"]["tem"]["train"] = {"eval_seed": 10}
+    with pytest.raises(ConfigError, match="models.tem.train.eval_seed is set by validation"):
+        compare(tiny_data_dir, "tem", tmp_path / "x", log=_quiet,
+                config_path=_yaml(tmp_path / "b.yaml", bad))
+
+
+def test_candidate_strategies_side_by_side(tmp_path, tiny_data_dir):
+    import shutil
+
+    from gensr.data import load_data
+    from gensr.data.candidates import write_candidates
+    from gensr.errors import DataError
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data_dir)
+    config = _yaml(tmp_path / "c.yaml", _doc(history_window=6))
+    out = tmp_path / "cmp"
+    with pytest.raises(DataError, match="gensr data candidates .* --strategy bm25-hard"):
+        compare(data_dir, "sasrec,bm25", out, config_path=config, candidates="bm25-hard",
+                log=_quiet)
+    assert not (out / "sasrec").exists()
+    write_candidates(load_data(data_dir), "bm25-hard")
+    uniform = compare(data_dir, "sasrec,bm25", out, config_path=config, progress=False,
+                      log=_quiet)
+    hard = compare(data_dir, "sasrec,bm25", out, config_path=config, progress=False,
+                   log=_quiet, candidates="bm25-hard")
+    assert (out / "compare.md").exists() and (out / "compare.bm25-hard.md").exists()
+    assert (out / "sasrec" / "seed0" / "compare_eval.bm25-hard.json").exists()
+    assert [r["action"] for r in hard["models"]["sasrec"]["runs"]] == ["reused"]
+    assert json.loads((out / "compare.bm25-hard.json").read_text())["eval"]["candidates"] == \
+        "bm25-hard"
+    assert "(bm25-hard negatives)" in (out / "compare.bm25-hard.md").read_text()
+    # rec instances keep the uniform candidates: the same numbers; search gets much harder
+    assert hard["models"]["sasrec"]["mean"]["rec"] == uniform["models"]["sasrec"]["mean"]["rec"]
+    assert hard["models"]["bm25"]["mean"]["src"]["N@10"] < \
+        uniform["models"]["bm25"]["mean"]["src"]["N@10"] - 0.1
+    # and a third call finds both evaluations cached
+    again = compare(data_dir, "sasrec,bm25", out, config_path=config, progress=False,
+                    log=_quiet)
+    assert all(r["eval_cached"] for m in again["models"].values() for r in m["runs"])
+    with pytest.raises(ConfigError, match="eval.candidates"):
+        compare(data_dir, "bm25", out, candidates="hard", log=_quiet)
+
+
+def test_committed_compare_configs(tmp_path):
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    fair = compare_mod.load_compare_config(configs / "compare_fair_cpu.yaml")
+    plans = [compare_mod.plan_model(n, fair, tmp_path / "cf.safetensors")
+             for n in compare_mod.DEFAULT_MODELS]
+    assert compare_mod.check_windows(plans, allow=False)  # the same window, no override
+    assert not fair.allow_different_windows and fair.seeds == [0, 1, 2]
+    assert {p.window for p in plans if p.window is not None} == {20}
+    for plan in plans:
+        if plan.trainable:
+            t = plan.train_config
+            assert (t.eval_max_instances, t.eval_fraction, t.eval_seed) == (1000, 1.0, 0)
+    gensr_train = next(p for p in plans if p.name == "gensr").train_config
+    assert gensr_train.time_budget_min == 60
+    assert fair.significance.reference == "gensr" and fair.eval.candidates == "uniform"
+
+    old = compare_mod.load_compare_config(configs / "compare_cpu.yaml")
+    old_plans = [compare_mod.plan_model(n, old, None) for n in compare_mod.DEFAULT_MODELS]
+    assert old.allow_different_windows
+    assert compare_mod.check_windows(old_plans, allow=True) is False  # flagged, not refused
+    with pytest.raises(ConfigError, match="different history windows"):
+        compare_mod.check_windows(old_plans, allow=False)

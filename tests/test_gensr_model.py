@@ -32,16 +32,29 @@ def _train_batch(data, n=6, k=3):
 
 
 # --- prompt ---------------------------------------------------------------------------------
+def _segments(template: PromptTemplate) -> list[str]:
+    """The text segments T1..T5 between the vector slots (the query marked ``{query}``)."""
+    out, current = [], ""
+    for kind, value in template.pieces:
+        if kind == "vector":
+            out.append(current)
+            current = ""
+        else:
+            current += value if kind == "text" else "{query}"
+    return [*out, current]
+
+
 def test_template_parsing_and_segments():
     cfg = GenSRConfig()
     rec = PromptTemplate.parse(cfg.rec_template, plural="books", singular="book",
                                needs_query=False)
     src = PromptTemplate.parse(cfg.src_template, plural="books", singular="book",
                                needs_query=True)
-    assert rec.slot_order == VECTOR_SLOTS and src.slot_order == VECTOR_SLOTS
-    assert len(rec.segments()) == 5 and len(src.segments()) == 5
-    assert "{query}" in src.segments()[4] and "{query}" not in "".join(rec.segments())
-    assert "books" in rec.segments()[0] and "{items}" not in "".join(rec.segments())
+    for template in (rec, src):
+        assert tuple(v for kind, v in template.pieces if kind == "vector") == VECTOR_SLOTS
+    assert len(_segments(rec)) == 5 and len(_segments(src)) == 5
+    assert "{query}" in _segments(src)[4] and "{query}" not in "".join(_segments(rec))
+    assert "books" in _segments(rec)[0] and "{items}" not in "".join(_segments(rec))
 
 
 @pytest.mark.parametrize("template,needs_query,message", [
@@ -72,11 +85,32 @@ def test_assembled_prompt_holds_every_segment_once_in_order(tiny_data):
         # the five text segments between them are exactly T1..T5 (query filled in)
         bounds = [-1, *markers, len(ids) - 1]  # last id is </s>
         query = tiny_data.query_text[int(batch.query[row])] if task == 1 else ""
-        for i, segment in enumerate(template.segments()):
+        for i, segment in enumerate(_segments(template)):
             piece = ids[bounds[i] + 1 : bounds[i + 1]]
             expected = tok(segment.replace("{query}", query), add_special_tokens=False)
             assert piece == expected["input_ids"], (i, segment)
         assert ids[-1] == tok.eos_token_id
+
+
+def test_vectors_are_spliced_at_their_slots(tiny_data):
+    """Eq. 7: each candidate's copy of the prompt holds slot k's vector at marker k and the
+    token embeddings everywhere else."""
+    model = _model(tiny_data).eval()
+    batch = _train_batch(tiny_data)
+    with torch.no_grad():
+        enc = model.encode_history(batch)
+        vectors = model.slot_vectors(enc, batch.candidates)
+        embeds, mask = model.prompt_embeddings(enc, vectors)
+        tokens = model.backbone.embed(enc.prompt_ids.clamp(min=0))  # (B, T, d)
+    b, c = batch.candidates.shape
+    per_position = embeds.view(b, c, *embeds.shape[1:]).transpose(1, 2)  # (B, T, C, d)
+    for k, slot in enumerate(VECTOR_SLOTS):
+        at = enc.prompt_ids == PromptBuilder.slot_marker(k)
+        assert (at.sum(1) == 1).all()
+        assert torch.equal(per_position[at], vectors[slot])  # (B, C, d)
+    text = enc.prompt_ids >= 0
+    assert torch.equal(per_position[text], tokens[text][:, None].expand(-1, c, -1))
+    assert torch.equal(mask, enc.prompt_mask.repeat_interleave(c, dim=0))
 
 
 def test_query_changes_the_encoder_input(tiny_data):

@@ -137,7 +137,7 @@ def test_bm25_on_bm25s_equals_the_formula_and_retrieves_matches_only(tiny_data):
     scorer = BM25Scorer(BM25Config(), tiny_data)
     queries = [analyze(q) for q in tiny_data.query_text[1:6]] + [["zzzunknown"], []]
     for terms in queries:
-        np.testing.assert_allclose(scorer.index.scores(terms), _bm25_formula(tiny_data, terms),
+        np.testing.assert_allclose(scorer.bm25.score_all(terms), _bm25_formula(tiny_data, terms),
                                    rtol=1e-12, atol=1e-12)
     r = build_retriever("bm25", tiny_data, device="cpu")
     assert r.tasks == ("src",) and r.reads_query_text

@@ -106,6 +106,20 @@ def test_stop_hook_and_resume_with_more_epochs(tmp_path, tiny_data_dir):
         train_run(tmp_path / "r", resume=True, sets=["model.hidden=8"], log=_quiet)
 
 
+def test_wall_clock_budget_stops_training(tmp_path, tiny_data_dir):
+    """train.time_budget_min stops after the step that used up the budget, validates once
+    more and records why it stopped; the schedule still spans max_steps."""
+    run = _train(tmp_path / "r", tiny_data_dir, "max_steps=500", "eval_every=100",
+                 "batch_size=64", "time_budget_min=1e-6")
+    assert run["steps"] == 1 and run["status"] == "finished", run["steps"]
+    assert run["stop_reason"] == "time_budget" and run["total_steps"] == 500
+    assert [h["step"] for h in run["history"]] == [1] and run["best_step"] == 1
+    assert (tmp_path / "r" / "model.safetensors").exists()
+    full = _train(tmp_path / "f", tiny_data_dir, "max_steps=3", "batch_size=64",
+                  "time_budget_min=60")
+    assert full["steps"] == 3 and full["stop_reason"] == "max_steps"
+
+
 def test_settings_resolution(tmp_path):
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text("model:\n  hidden: 48\n  n_heads: 4\ntrain:\n  lr: 0.01\n"
@@ -230,3 +244,48 @@ def test_train_help():
 
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0 and "--resume" in result.output and "--set" in result.output
+
+
+@pytest.mark.parametrize("sets, reason, status", [
+    (["max_steps=6", "eval_every=3"], "max_steps", "finished"),
+    (["max_epochs=1", "batch_size=512"], "max_epochs", "finished"),
+    (["max_steps=40", "eval_every=2", "lr=0", "patience=1"], "early_stop", "early_stopped"),
+    (["max_steps=40", "eval_every=50", "time_budget_min=0.00001"], "time_budget", "finished"),
+])
+def test_run_json_records_why_training_stopped(tmp_path, tiny_data_dir, sets, reason, status):
+    from gensr.train.loop import stop_reason
+
+    run = _train(tmp_path / "r", tiny_data_dir, "batch_size=64", *sets)
+    assert run["stop_reason"] == reason and run["status"] == status
+    if reason == "early_stop":  # lr 0: no validation improves on the first one
+        assert run["steps"] == 4 and run["best_step"] == 2
+    if reason == "time_budget":  # stopped at once, and validated where it stopped
+        assert run["steps"] <= 1 < run["total_steps"]
+        assert run["history"][-1]["step"] == run["steps"] == run["best_step"]
+    if reason == "max_epochs":
+        assert run["epochs"] == 1.0
+    # runs written before stop_reason existed: inferred from status and step counts
+    old = {k: v for k, v in run.items() if k != "stop_reason"}
+    assert stop_reason(old) == ("max_epochs" if reason == "time_budget" else reason)
+
+
+def test_validation_subset_is_shared_across_tasks_and_seeds(tiny_data):
+    from gensr.train.loop import valid_subset
+
+    def keys(table):
+        return set(zip(table.user.tolist(), table.seq.tolist(), table.task.tolist()))
+
+    both = valid_subset(tiny_data, ("rec", "src"), TrainConfig(eval_max_instances=60,
+                                                                eval_fraction=1.0, eval_seed=4))
+    rec = valid_subset(tiny_data, ("rec",), TrainConfig(eval_max_instances=60,
+                                                        eval_fraction=1.0, eval_seed=4, seed=9))
+    src = valid_subset(tiny_data, ("src",), TrainConfig(eval_max_instances=60,
+                                                        eval_fraction=1.0, eval_seed=4, seed=1))
+    assert len(both) == 60 and len(rec) + len(src) == 60
+    assert keys(rec) | keys(src) == keys(both) and not keys(rec) & keys(src)
+    assert set(rec.task.tolist()) == {0} and set(src.task.tolist()) == {1}
+    # without eval_seed the run's seed picks the subset (the behaviour before eval_seed)
+    other = valid_subset(tiny_data, ("rec", "src"), TrainConfig(eval_max_instances=60, seed=9))
+    assert keys(other) != keys(both)
+    with pytest.raises(ConfigError, match="time_budget_min"):
+        TrainConfig(time_budget_min=0)

@@ -112,6 +112,34 @@ def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data direc
         per = dict(cands.group_by("task").len().iter_rows())
         console.print(f"{split} instances: rec {per.get('rec', 0):,}  src {per.get('src', 0):,}"
                       f"  ({len(cands['candidates'][0]) if cands.height else 0} candidates each)")
+    from gensr.data.candidates import stored_strategies
+
+    console.print(f"candidate strategies stored: {', '.join(stored_strategies(data.path))}")
+
+
+@data_app.command("candidates")
+def data_candidates(
+    data_dir: Path = typer.Argument(..., help="A canonical data directory."),
+    strategy: str = typer.Option(..., "--strategy", help="uniform | bm25-hard | popular "
+                                 "(docs/data.md#evaluation-candidates)."),
+    seed: int | None = typer.Option(None, help="Seed (default: the one the data was "
+                                    "prepared with)."),
+    negatives: int | None = typer.Option(None, help="Negatives per instance (default: the "
+                                         "prepared ones, 99)."),
+    overwrite: bool = typer.Option(False, help="Replace this strategy's existing files."),
+) -> None:
+    """Write another strategy's evaluation candidates beside the ones the data has."""
+    from gensr.data import load_data
+    from gensr.data.candidates import write_candidates
+
+    data = load_data(data_dir)
+    card = write_candidates(data, strategy, seed=seed, n_negatives=negatives,
+                            overwrite=overwrite)
+    files = card["files"]
+    n = card["instances"]
+    console.print(f"{strategy} candidates (seed {card['seed']}, {card['n_negatives']} "
+                  f"negatives): wrote {files['valid']} ({n['valid']:,} instances) and "  # type: ignore[index]
+                  f"{files['test']} ({n['test']:,}) in {card['time_s']}s", highlight=False)  # type: ignore[index]
 
 
 # --- training --------------------------------------------------------------------------
@@ -141,8 +169,11 @@ def train_cmd(
 
     if run.get("trained") and PartialState().is_main_process:
         best = run["best_metric"]
+        from gensr.train.loop import STOP_REASONS
+
+        why = STOP_REASONS.get(run.get("stop_reason") or "", run["status"])
         console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
-                      f"{run['best_step']} of {run['steps']} ({run['status']}, "
+                      f"{run['best_step']} of {run['steps']} ({why}, "
                       f"{time.time() - start:.0f}s) -> {out}")
 
 
@@ -174,6 +205,8 @@ def evaluate_cmd(
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
+    candidates: str = typer.Option("uniform", "--candidates", help="Candidate strategy: "
+                                   "uniform | bm25-hard | popular (`gensr data candidates`)."),
 ) -> None:
     """Evaluate a trained run or a reference scorer on the stored candidates (or, with
     --full, on the whole catalogue)."""
@@ -182,7 +215,8 @@ def evaluate_cmd(
     evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
                  device=device, console=console, precision=precision, fast_path=fast_path,
-                 retrievers=retriever or None, rerank_n=rerank_n, index=index)
+                 candidates=candidates, retrievers=retriever or None, rerank_n=rerank_n,
+                 index=index)
 
 
 # --- comparison --------------------------------------------------------------------------
@@ -195,14 +229,23 @@ def compare_cmd(
     models: str = typer.Option("gensr,unisar,sasrec,tem,disc,pop,bm25", "--models",
                                help="Comma-separated model names (table columns, in order)."),
     config: Path | None = typer.Option(None, "--config", help="YAML: defaults.train, "
-                                       "models.NAME.{model,train}, eval, cf."),
+                                       "models.NAME.{model,train}, eval, cf, seeds, "
+                                       "history_window, validation, significance."),
     cf: Path | None = typer.Option(None, "--cf", help="CF item table for the models that take "
                                    "one (default: pretrain OUT/cf.safetensors)."),
-    seeds: int = typer.Option(1, "--seeds", help="Runs per seeded model; >1 reports mean ± "
-                              "std."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Runs per seeded model (seeds "
+                                     "train.seed … + N − 1; default: the config's seeds: "
+                                     "list, else 1); >1 reports mean ± std."),
     max_instances: int | None = typer.Option(None, "--max-instances", help="Seeded subset of "
                                              "the evaluation instances (overrides "
                                              "eval.max_instances)."),
+    candidates: str | None = typer.Option(None, "--candidates", help="Candidate strategy: "
+                                          "uniform | bm25-hard | popular (overrides "
+                                          "eval.candidates; `gensr data candidates`)."),
+    history_window: int | None = typer.Option(None, "--history-window", help="max_his_len "
+                                              "(interactions) of every model that reads a "
+                                              "history and sets none (overrides the config's "
+                                              "history_window)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     progress: bool = typer.Option(True, help="Show evaluation progress bars."),
     precision: str = _precision_option(),
@@ -212,8 +255,8 @@ def compare_cmd(
     from gensr.compare import compare
 
     compare(data, models, out, config_path=config, cf_path=cf, seeds=seeds,
-            max_instances=max_instances, device=device, progress=progress,
-            precision=precision, fast_path=fast_path,
+            max_instances=max_instances, candidates=candidates, history_window=history_window,
+            device=device, progress=progress, precision=precision, fast_path=fast_path,
             log=lambda s: console.print(s, highlight=False, soft_wrap=True), console=console)
 
 
@@ -410,8 +453,11 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (default: loopback)."),
     port: int = typer.Option(8080, help="Port to listen on."),
     api_key: str | None = typer.Option(
-        None, envvar="GENSR_API_KEY", show_envvar=True,
-        help="Require this key in the X-API-Key header (needed beyond loopback)."),
+        None, help="Deprecated (shows in ps): set GENSR_API_KEY or use --api-key-file. "
+                   "Require this key in the X-API-Key header."),
+    api_key_file: Path | None = typer.Option(
+        None, help="A file holding the API key (one line) that clients send in X-API-Key; "
+                   "or set GENSR_API_KEY. Needed beyond loopback."),
     insecure: bool = typer.Option(False, help="Allow a non-loopback --host without a key."),
     data: Path | None = typer.Option(None, help="Data directory (default: the run's)."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
@@ -421,6 +467,16 @@ def serve_cmd(
     window_ms: float = typer.Option(2.0, min=0, help="How long a batch waits for company."),
     max_queue: int = typer.Option(256, min=1, help="Waiting requests before 503."),
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest body (else 413)."),
+    max_concurrency: int | None = typer.Option(
+        None, min=1, help="Requests in progress at once, else 503 + Retry-After (default: "
+                          "max-queue + max-batch + 64)."),
+    max_connections: int = typer.Option(
+        1000, min=1, help="Open connections; beyond, the one idle longest is closed."),
+    idle_timeout: float = typer.Option(5.0, min=0.001,
+                                       help="Seconds before an idle connection is closed."),
+    read_timeout: float = typer.Option(
+        10.0, min=0.001, help="Seconds a request (head and body) may take to arrive, else "
+                              "408."),
     threads: int | None = typer.Option(
         None, min=1, help="torch CPU threads (default: torch's; 1 is often best on a busy "
                           "machine)."),
@@ -437,15 +493,17 @@ def serve_cmd(
     index: str = typer.Option("exact", help="Dense retrievers: exact | hnsw (FAISS)."),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, /v1/recommend, /v1/search, GET /v1/model,
-    GET /healthz (see docs/serving.md)."""
+    /healthz, /metrics (see docs/serving.md)."""
     from gensr.serve.ranker import Limits
-    from gensr.serve.server import serve
+    from gensr.serve.server import resolve_api_key, serve
 
-    serve(run_dir, host=host, port=port, api_key=api_key, insecure=insecure, data=data,
-          device=device, limits=Limits(max_candidates=max_candidates,
-                                       max_query_chars=max_query_chars),
+    serve(run_dir, host=host, port=port, api_key=resolve_api_key(api_key, api_key_file),
+          insecure=insecure, data=data, device=device,
+          limits=Limits(max_candidates=max_candidates, max_query_chars=max_query_chars),
           max_batch=max_batch, window_ms=window_ms, max_queue=max_queue,
-          max_body_bytes=max_body_bytes, threads=threads, log_level=log_level,
+          max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
+          max_connections=max_connections, idle_timeout=idle_timeout,
+          read_timeout=read_timeout, threads=threads, log_level=log_level,
           precision=precision, fast_path=fast_path, retrievers=retriever or None,
           rerank_n=rerank_n, index=index)
 

@@ -13,37 +13,13 @@ from typing import Any
 import torch
 
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import ConfigError, RunError
+from gensr.errors import RunError
 from gensr.models.base import SRModel, read_model_card
 from gensr.models.registry import model_class
+from gensr.tensor import PRECISIONS, pick_device, resolve_precision
 
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` or, when None, CUDA if available else CPU (with a clear error for bad names)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RunError(f"unknown device {device!r} (use cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda asked for, but CUDA is not available here")
-    return dev
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``bf16`` on a CUDA device that supports it, else ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+__all__ = ["PRECISIONS", "load_run", "pick_device", "prepare_inference", "read_run_info",
+           "resolve_precision"]  # the device and precision helpers live in gensr.tensor
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from gensr.data.batching import TASK_INDEX, InstanceTable
 from gensr.data.dataset import SRData, load_data
 from gensr.errors import ConfigError, RunError
 from gensr.models.base import SRModel, read_model_card
+from gensr.progress import progress as progress_bar
 from gensr.runs import load_run, read_run_info
 
 TASKS: tuple[str, ...] = ("rec", "src")
@@ -217,8 +217,8 @@ def score_table(model: SRModel, data: SRData, table: InstanceTable, batch_size: 
     model.eval()
     out = []
     total = math.ceil(len(table) / batch_size)
-    for batch in tqdm(table.batches(data, batch_size, model.config.max_his_len), total=total,
-                      desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(table.batches(data, batch_size, model.config.max_his_len),
+                              total=total, desc=desc, enabled=progress, leave=False):
         out.append(model.score(batch.to(model.device)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
 
@@ -231,8 +231,8 @@ def representation_table(model: SRModel, data: SRData, table: InstanceTable,
     model.eval()
     out = []
     total = math.ceil(len(table) / batch_size)
-    for batch in tqdm(table.batches(data, batch_size, model.config.max_his_len), total=total,
-                      desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(table.batches(data, batch_size, model.config.max_his_len),
+                              total=total, desc=desc, enabled=progress, leave=False):
         try:
             rep = model.representation(batch.to(model.device))
         except NotImplementedError as err:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gensr.analysis.common import mean_std, prepare_out, pyplot, save_figure, write_csv, write_json
 from gensr.data.batching import TASK_INDEX, Batch, TrainSampler
@@ -36,6 +35,7 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import SRModel
 from gensr.models.registry import model_class
+from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device
 from gensr.train.config import TrainConfig
 from gensr.train.loop import warmup_linear
@@ -218,8 +218,8 @@ def run_grad_conflict(
                                                "seed")}}
         model.train()
         step, epoch = 0, 0
-        bar = tqdm(total=steps, desc=f"grad-conflict {spec.label}", disable=not progress,
-                   leave=False)
+        bar = progress_bar(total=steps, desc=f"grad-conflict {spec.label}", enabled=progress,
+                           leave=False)
         while step < steps:
             if epoch not in epochs:
                 epochs[epoch] = sampler.epoch(epoch)

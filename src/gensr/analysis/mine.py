@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gensr.errors import ConfigError
+from gensr.progress import progress as progress_bar
 
 
 @dataclass
@@ -191,7 +191,7 @@ def mine(
     best = (-math.inf, 0, {k: v.clone() for k, v in net.state_dict().items()})
     curve: list[tuple[int, float, float]] = []
     running: float | None = None
-    bar = tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, config.steps + 1), desc=desc, enabled=progress, leave=False)
     for step in bar:
         rows = torch.randint(len(xt), (batch,), generator=gen)
         shuffled = torch.randint(len(xt), (batch,), generator=gen)

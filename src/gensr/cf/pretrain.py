@@ -36,7 +36,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gensr.cf.graph import NegativeSampler, RecGraph
 from gensr.cf.table import FORMAT, SUFFIX, CFTable, card_path
@@ -45,6 +44,8 @@ from gensr.data.candidates import InteractedSet
 from gensr.data.dataset import SRData, load_data
 from gensr.errors import ConfigError, DataError
 from gensr.eval.metrics import rank_metrics
+from gensr.progress import progress as progress_bar
+from gensr.tensor import pick_device
 
 VALID_KS: tuple[int, ...] = (10, 20)
 FALLBACK_RULE = "mean of the trained vectors"
@@ -197,14 +198,15 @@ def fit_lightgcn(
     best_user, best_item = None, None
     history: list[dict[str, Any]] = []
     n_batches = (graph.n_edges + config.batch_size - 1) // config.batch_size
-    bar = tqdm(range(1, config.epochs + 1), desc="lightgcn", disable=not progress)
+    bar = progress_bar(range(1, config.epochs + 1), desc="lightgcn", enabled=progress)
     epoch = 0
     for epoch in bar:
         model.train()
         perm = rng.permutation(graph.n_edges)
         loss_sum = bpr_sum = 0.0
-        for start in tqdm(range(0, graph.n_edges, config.batch_size), total=n_batches,
-                          desc=f"epoch {epoch}", disable=not progress, leave=False):
+        for start in progress_bar(range(0, graph.n_edges, config.batch_size),
+                                  total=n_batches, desc=f"epoch {epoch}", enabled=progress,
+                                  leave=False):
             b = perm[start : start + config.batch_size]
             u = graph.edge_user[b]
             neg = sampler.sample(u)
@@ -289,8 +291,6 @@ def pretrain_cf(
     card: settings, graph sizes, fallback counts, the best epoch's valid figures next to
     popularity's, per-epoch history and times.
     """
-    from gensr.runs import pick_device
-
     start = time.time()
     out = Path(out)
     if out.suffix != SUFFIX:

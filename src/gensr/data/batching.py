@@ -134,9 +134,13 @@ class InstanceTable:
 
 
 def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,
-                   max_instances: int | None = None, seed: int = 0) -> InstanceTable:
-    """The stored evaluation instances of a split, optionally a seeded subset per task."""
-    frame = data.candidates(split)
+                   max_instances: int | None = None, seed: int = 0,
+                   candidates: str = "uniform") -> InstanceTable:
+    """The stored evaluation instances of a split, optionally a seeded subset per task.
+
+    ``candidates`` names the candidate strategy; every strategy stores the same instances in
+    the same order, so a subset (same seed) holds the same instances whatever the strategy."""
+    frame = data.candidates(split, candidates)
     if tasks is not None:
         frame = frame.filter(pl.col("task").is_in(list(tasks)))
     table = InstanceTable.from_candidates(frame)

@@ -1,17 +1,72 @@
 """Negative sampling, shared by the evaluation candidates and the trainer.
 
-Evaluation instances get ``n_negatives`` items drawn uniformly, without replacement, from the
-items the user never interacted with (in any split), seeded; the target is inserted at a
-random position, so candidates are stored in a shuffled order and no model can profit from
-where the target sits.
+Evaluation instances (one per valid/test interaction) rank the target among ``n_negatives``
+items the user never interacted with (in any split); the target is inserted at a random
+position, so candidates are stored in a shuffled order and no model can profit from where the
+target sits. Three candidate *strategies* choose the negatives, each stored in its own files
+of the data directory so that they sit side by side:
+
+``uniform`` (``candidates_{split}.parquet``, written by ``gensr data prepare``; the paper's)
+    drawn uniformly without replacement, seeded.
+``bm25-hard`` (``candidates_{split}.bm25-hard.parquet``; GenSAR's protocol)
+    a search instance gets the ``n_negatives`` items with the highest BM25 score for its
+    query (:class:`gensr.data.bm25.BM25Index`, the ``bm25`` scorer's defaults: k1 1.2, b 0.75,
+    text + category path) among the items the user never touched; equal scores are ordered
+    by one seeded random permutation of the items (so when fewer items than that match any
+    query word, the rest are zero-score items in a seeded random order). Recommendation
+    instances have no query: they keep exactly the ``uniform`` rows (same negatives, same
+    order), so the rec columns of the two tables are the same measurement.
+``popular`` (``candidates_{split}.popular.parquet``)
+    popularity-sampled, for both tasks: drawn without replacement among the items the user
+    never touched, with probability proportional to 1 + the item's training-split interaction
+    count (both behaviours; the +1 lets an item unseen in training be drawn).
+
+Every strategy keeps the instances of ``uniform`` (same rows, order and ``instance_id``), so
+per-instance results can be paired across strategies. ``gensr data candidates DATA_DIR
+--strategy NAME`` writes the non-default ones (:func:`write_candidates`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
 
+from gensr.data.bm25 import BM25Index
 from gensr.errors import DataError
+
+if TYPE_CHECKING:
+    from gensr.data.dataset import SRData
+
+STRATEGIES: tuple[str, ...] = ("uniform", "bm25-hard", "popular")
+DEFAULT_STRATEGY = "uniform"
+SPLITS = ("valid", "test")
+
+
+def check_strategy(name: str) -> str:
+    """``name`` if it is a candidate strategy, else a :class:`DataError` naming the choices."""
+    if name not in STRATEGIES:
+        raise DataError(f"unknown candidate strategy {name!r}; choose one of "
+                        f"{', '.join(STRATEGIES)}")
+    return name
+
+
+def candidates_filename(split: str, strategy: str = DEFAULT_STRATEGY) -> str:
+    """``candidates_test.parquet`` (uniform) or ``candidates_test.bm25-hard.parquet``."""
+    check_strategy(strategy)
+    suffix = "" if strategy == DEFAULT_STRATEGY else f".{strategy}"
+    return f"candidates_{split}{suffix}.parquet"
+
+
+def strategy_card_filename(strategy: str) -> str:
+    """The settings file written beside a non-default strategy's candidates."""
+    return f"candidates.{check_strategy(strategy)}.json"
 
 
 class InteractedSet:
@@ -48,11 +103,15 @@ def sample_negatives(
     n: int,
     *,
     exclude: np.ndarray | None = None,
+    p: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each user, ``n`` distinct items in [1, n_items] it never interacted with.
 
-    ``exclude`` (one item per row) is also kept out. Raises :class:`DataError` when a user has
-    fewer than ``n`` items left to sample from.
+    ``exclude`` (one item per row) is also kept out. ``p`` (n_items,) draws item ``i + 1``
+    with probability ``p[i]`` instead of uniformly (repeats and interacted items are dropped,
+    so this is successive sampling without replacement among the allowed items; every item
+    needs ``p > 0``). Raises :class:`DataError` when a user has fewer than ``n`` items left to
+    sample from.
     """
     n_items = interacted.n_items
     users = np.asarray(users, dtype=np.int64)
@@ -68,7 +127,8 @@ def sample_negatives(
     todo = np.arange(len(users))
     width = max(2 * n, n + 8)
     while len(todo):
-        draw = rng.integers(1, n_items + 1, size=(len(todo), width))
+        draw = (rng.integers(1, n_items + 1, size=(len(todo), width)) if p is None
+                else rng.choice(n_items, size=(len(todo), width), p=p) + 1)
         ok = ~interacted.contains(users[todo], draw)
         if exclude is not None:
             ok &= draw != exclude[todo][:, None]
@@ -90,19 +150,50 @@ def sample_negatives(
 
 
 def build_candidates(
-    inter: pl.DataFrame, n_items: int, *, seed: int, n_negatives: int = 99
+    inter: pl.DataFrame,
+    n_items: int,
+    *,
+    seed: int,
+    n_negatives: int = 99,
+    strategy: str = DEFAULT_STRATEGY,
+    bm25: BM25Index | None = None,
+    query_terms: list[list[str]] | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """One evaluation instance per valid/test interaction, with shuffled candidates."""
+    """One evaluation instance per valid/test interaction, with shuffled candidates.
+
+    ``strategy`` (module docstring) picks the negatives; ``bm25-hard`` needs the item index
+    ``bm25`` and the analysed ``query_terms`` (indexed by query id). The uniform draws and the
+    shuffle come from the same seeded stream whatever the strategy, so rows that a strategy
+    leaves alone (bm25-hard's rec rows) are identical to the uniform ones.
+    """
+    check_strategy(strategy)
+    if strategy == "bm25-hard" and (bm25 is None or query_terms is None):
+        raise ValueError("bm25-hard candidates need the BM25 index and the query terms")
     interacted = InteractedSet(
         inter["user_id"].to_numpy(), inter["item_id"].to_numpy(), n_items
     )
+    weights = None
+    if strategy == "popular":
+        train = inter.filter(pl.col("split") == "train")["item_id"].to_numpy()
+        counts = np.bincount(train, minlength=n_items + 1)[1:].astype(np.float64) + 1.0
+        weights = counts / counts.sum()
     tables: dict[str, pl.DataFrame] = {}
-    for offset, split in enumerate(("valid", "test")):
+    for offset, split in enumerate(SPLITS):
         rows = inter.filter(pl.col("split") == split)
         rng = np.random.default_rng([seed, offset])
         users = rows["user_id"].to_numpy()
         targets = rows["item_id"].to_numpy().astype(np.int64)
-        negatives = sample_negatives(rng, users, interacted, n_negatives)
+        if strategy == "popular":
+            negatives = sample_negatives(rng, users, interacted, n_negatives, p=weights)
+        else:
+            negatives = sample_negatives(rng, users, interacted, n_negatives)
+        if strategy == "bm25-hard":
+            src = np.nonzero(rows["behaviour"].to_numpy() == "src")[0]
+            queries = rows["query_id"].fill_null(0).to_numpy().astype(np.int64)
+            tiebreak = np.random.default_rng([seed, offset, 1]).permutation(n_items)
+            negatives[src] = bm25_hard_negatives(bm25, query_terms, users[src],  # type: ignore[arg-type]
+                                                 queries[src], interacted, n_negatives,
+                                                 tiebreak)
         cands = np.concatenate([targets[:, None], negatives], axis=1)
         perm = np.argsort(rng.random(cands.shape), axis=1)
         cands = np.take_along_axis(cands, perm, axis=1)
@@ -120,3 +211,115 @@ def build_candidates(
             }
         )
     return tables
+
+
+def bm25_order(bm25: BM25Index, terms: list[str], tiebreak: np.ndarray) -> np.ndarray:
+    """Item ids by BM25 for ``terms``, highest first; ties in the order of ``tiebreak`` (a
+    permutation of 0..n_items-1: item ``i + 1`` comes before item ``j + 1`` when
+    ``tiebreak[i] < tiebreak[j]``)."""
+    scores = bm25.score_all(terms)[1:]
+    return np.lexsort((tiebreak, -scores)) + 1
+
+
+def bm25_hard_negatives(
+    bm25: BM25Index,
+    query_terms: list[list[str]],
+    users: np.ndarray,
+    queries: np.ndarray,
+    interacted: InteractedSet,
+    n: int,
+    tiebreak: np.ndarray,
+) -> np.ndarray:
+    """(len(users), n): for each (user, query), the ``n`` highest-BM25 items for the query
+    that the user never interacted with, best first (see :func:`bm25_order` for ties)."""
+    users = np.asarray(users, dtype=np.int64)
+    queries = np.asarray(queries, dtype=np.int64)
+    touched = interacted.n_interacted(users)
+    available = interacted.n_items - touched
+    if len(users) and int(available.min()) < n:
+        worst = int(np.argmin(available))
+        raise DataError(f"user id {int(users[worst])} has only {int(available[worst])} items "
+                        f"it never interacted with, fewer than the {n} negatives asked for")
+    out = np.zeros((len(users), n), dtype=np.int64)
+    for query in np.unique(queries):
+        rows = np.nonzero(queries == query)[0]
+        order = bm25_order(bm25, query_terms[query], tiebreak)
+        # at most n_interacted of the first n + n_interacted items are the user's own
+        prefix = order[: min(len(order), n + int(touched[rows].max()))]
+        ok = ~interacted.contains(users[rows], np.broadcast_to(prefix, (len(rows), len(prefix))))
+        take = ok & (np.cumsum(ok, axis=1) <= n)
+        out[rows] = np.broadcast_to(prefix, take.shape)[take].reshape(len(rows), n)
+    return out
+
+
+def write_candidates(
+    data: SRData,
+    strategy: str,
+    *,
+    seed: int | None = None,
+    n_negatives: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, object]:
+    """Write ``strategy``'s ``candidates_{valid,test}[.STRATEGY].parquet`` into ``data``'s
+    directory (and, for the non-default strategies, a card ``candidates.STRATEGY.json`` with
+    the settings and a digest of the candidates). ``seed``/``n_negatives`` default to the
+    ones the directory was prepared with. Returns the card."""
+    import pyarrow.parquet as pq
+
+    from gensr.data import schema
+    from gensr.data.text import analyze
+
+    check_strategy(strategy)
+    seed = int(data.meta.get("seed", 0)) if seed is None else int(seed)
+    n_negatives = int(data.meta.get("n_negatives", 99)) if n_negatives is None else n_negatives
+    if n_negatives < 1:
+        raise DataError(f"--negatives must be >= 1, got {n_negatives}")
+    paths = {split: data.path / candidates_filename(split, strategy) for split in SPLITS}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]} exists (use --overwrite to replace it)")
+    bm25, terms, settings = None, None, {}
+    if strategy == "bm25-hard":
+        bm25 = BM25Index(data.item_text, data.item_category)  # the bm25 scorer's defaults
+        terms = [analyze(q) for q in data.query_text]
+        settings = {"k1": 1.2, "b": 0.75, "use_category": True}
+    started = time.time()
+    tables = build_candidates(data.interactions, data.n_items, seed=seed,
+                              n_negatives=n_negatives, strategy=strategy, bm25=bm25,
+                              query_terms=terms)
+    card: dict[str, object] = {
+        "strategy": strategy, "seed": seed, "n_negatives": n_negatives,
+        "data_fingerprint": data.fingerprint, "bm25": settings or None,
+        "files": {split: p.name for split, p in paths.items()},
+        "digest": {split: candidates_digest(tables[split]) for split in SPLITS},
+        "instances": {split: tables[split].height for split in SPLITS},
+        "time_s": round(time.time() - started, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    for split, path in paths.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        arrow = tables[split].to_arrow().select(schema.CANDIDATES.names)
+        pq.write_table(arrow.cast(schema.CANDIDATES), tmp, compression="zstd")
+        os.replace(tmp, path)
+    if strategy != DEFAULT_STRATEGY:
+        card_path = data.path / strategy_card_filename(strategy)
+        tmp = card_path.with_name(f".{card_path.name}.tmp")
+        tmp.write_text(json.dumps(card, indent=2))
+        os.replace(tmp, card_path)
+    return card
+
+
+def candidates_digest(frame: pl.DataFrame) -> str:
+    """A short digest of a candidates table (instances, candidates and target positions)."""
+    h = hashlib.sha256()
+    for col in ("user_id", "seq", "target_item", "target_pos"):
+        h.update(frame[col].to_numpy().astype(np.int64).tobytes())
+    h.update(np.asarray(frame["candidates"].to_list(), dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def stored_strategies(path: str | Path) -> list[str]:
+    """The candidate strategies whose valid and test files are in the data directory."""
+    path = Path(path)
+    return [s for s in STRATEGIES
+            if all((path / candidates_filename(split, s)).exists() for split in SPLITS)]

@@ -76,6 +76,22 @@ class SequenceStore:
             np.where(valid, self.query[idx], 0),
         )
 
+    def window_counts(
+        self, users: np.ndarray, seqs: np.ndarray, max_len: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`history` with ``max_len`` holds for each instance: (interactions,
+        events), an *event* being one ``seq`` value (a purchase's rec and src twins are one
+        event; a window may cut a pair and hold one of its rows)."""
+        users = np.asarray(users, dtype=np.int64)
+        end = self.history_end(users, seqs)
+        lo = np.maximum(self.indptr[users], end - max_len)
+        rows = end - lo
+        # new[i] = 1 where row i starts a new event (a seq different from row i - 1's)
+        new = np.concatenate([[0], (np.diff(self.seq) != 0).astype(np.int64)])
+        prefix = np.concatenate([[0], np.cumsum(new)])
+        events = np.where(rows > 0, 1 + prefix[end] - prefix[np.minimum(lo + 1, end)], 0)
+        return rows, events
+
     @cached_property
     def _keyed(self) -> np.ndarray:
         """seq offset by user, so one sorted array can be searched for (user, seq)."""
@@ -168,13 +184,19 @@ class SRData:
         """The training-split interactions."""
         return self.interactions.filter(pl.col("split") == "train")
 
-    def candidates(self, split: str) -> pl.DataFrame:
-        """The stored evaluation instances of ``split`` ("valid" or "test")."""
+    def candidates(self, split: str, strategy: str = "uniform") -> pl.DataFrame:
+        """The stored evaluation instances of ``split`` ("valid" or "test") with the
+        candidates of ``strategy`` (see :mod:`gensr.data.candidates`)."""
+        from gensr.data.candidates import candidates_filename
+
         if split not in ("valid", "test"):
             raise DataError(f"split must be 'valid' or 'test', not {split!r}")
-        path = self.path / f"candidates_{split}.parquet"
+        path = self.path / candidates_filename(split, strategy)
         if not path.exists():
-            raise DataError("candidates file is missing", file=str(path))
+            if strategy == "uniform":
+                raise DataError("candidates file is missing", file=str(path))
+            raise DataError(f"no {strategy} candidates: make them with `gensr data candidates "
+                            f"{self.path} --strategy {strategy}`", file=str(path))
         return pl.read_parquet(path)
 
     def popularity(self, behaviour: str | None = None) -> np.ndarray:

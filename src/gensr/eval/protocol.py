@@ -1,8 +1,9 @@
 """The evaluation protocol: every model, the same stored candidates, the same metrics.
 
 Sampled mode (the paper's): each valid/test instance ranks its 100 stored candidates (the
-target and 99 items the user never interacted with, in a shuffled order); Recall@K and NDCG@K
-for K in {1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
+target and 99 items the user never interacted with, in a shuffled order; the negatives of the
+chosen candidate strategy, :mod:`gensr.data.candidates`); Recall@K and NDCG@K for K in
+{1, 5, 10, 20}, per task, ties handled by :mod:`gensr.eval.metrics`.
 
 Full-ranking mode: models that can score every item rank the whole catalogue; the items the
 user interacted with in the splits before the evaluated one are masked (valid: train; test:
@@ -16,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances
 from gensr.data.dataset import SRData
 from gensr.eval.metrics import KS, TieRule, metric_names, rank_metrics
 from gensr.models.base import SRModel
+from gensr.progress import progress as progress_bar
 
 Metrics = dict[str, dict[str, float]]
 
@@ -53,17 +54,20 @@ def evaluate(
     progress: bool = True,
     scores_out: str | Path | None = None,
     seed: int = 0,
+    candidates: str = "uniform",
 ) -> Metrics:
     """Score ``split``'s stored candidates with ``model``; metrics per task.
 
     Tasks the model does not serve (``model.tasks``) are skipped. ``max_instances`` takes a
     seeded subset (the same for every model). ``scores_out`` writes every instance's scores
-    to a Parquet file (:func:`write_scores`).
+    to a Parquet file (:func:`write_scores`). ``candidates`` names the candidate
+    strategy (:mod:`gensr.data.candidates`: uniform, bm25-hard, popular).
     """
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
     if not tasks:
         return {}
-    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed)
+    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed,
+                           candidates=candidates)
     return evaluate_table(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
                           device=device, progress=progress, scores_out=scores_out,
                           desc=f"{model.name} {split}")
@@ -100,25 +104,43 @@ def evaluate_table(
     desc: str = "evaluate",
 ) -> Metrics:
     """Like :func:`evaluate` on an explicit :class:`InstanceTable` (used by the trainer)."""
+    values = instance_metrics(model, data, table, batch_size=batch_size, ties=ties, ks=ks,
+                              device=device, progress=progress, scores_out=scores_out,
+                              desc=desc)
+    return summarise_instances(table.task, values, ks)
+
+
+@torch.no_grad()
+def instance_metrics(
+    model: SRModel,
+    data: SRData,
+    table: InstanceTable,
+    *,
+    batch_size: int = 64,
+    ties: TieRule = "expected",
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    scores_out: str | Path | None = None,
+    desc: str = "evaluate",
+) -> dict[str, np.ndarray]:
+    """Every instance's ``R@K``/``N@K`` (float64 arrays in ``table``'s order): what the
+    per-task means summarise and what paired significance tests compare."""
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device
-    per_task: dict[str, dict[str, list[torch.Tensor]]] = {
-        t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
-    }
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names(ks)}
     saved: list[np.ndarray] = []
     n_batches = (len(table) + batch_size - 1) // batch_size
     max_his_len = model.config.max_his_len
     batches = table.batches(data, batch_size, max_his_len)
-    for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(batches, total=n_batches, desc=desc, enabled=progress,
+                              leave=False):
         batch = batch.to(device)
         scores = model.score(batch).float()
         metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
-        for task, index in TASK_INDEX.items():
-            sel = batch.task == index
-            if sel.any():
-                for name, values in metrics.items():
-                    per_task[task][name].append(values[sel].cpu())
+        for name, values in metrics.items():
+            parts[name].append(values.cpu())
         if scores_out is not None:
             saved.append(scores.cpu().numpy())
     if was_training:
@@ -126,7 +148,22 @@ def evaluate_table(
     if scores_out is not None:
         all_scores = np.concatenate(saved) if saved else np.zeros((0, 0), np.float32)
         write_scores(table, all_scores, scores_out)
-    return _summarise({t: v for t, v in per_task.items() if v[metric_names(ks)[0]]}, ks)
+    return {name: (torch.cat(p).numpy() if p else np.zeros(0)) for name, p in parts.items()}
+
+
+def summarise_instances(task: np.ndarray, values: dict[str, np.ndarray],
+                        ks: tuple[int, ...] = KS) -> Metrics:
+    """Per-task means (and instance counts ``n``) of per-instance metrics; ``task`` holds
+    :data:`TASK_INDEX` codes."""
+    out: Metrics = {}
+    for name, index in TASK_INDEX.items():
+        sel = np.asarray(task) == index
+        if not sel.any():
+            continue
+        row = {m: float(values[m][sel].mean()) for m in metric_names(ks)}
+        row["n"] = int(sel.sum())
+        out[name] = row
+    return out
 
 
 #: the splits whose items are masked when ranking the whole catalogue for each split
@@ -200,8 +237,8 @@ def evaluate_full(
         t: {m: [] for m in metric_names(ks)} for t in TASK_INDEX
     }
     rows = np.arange(len(table))
-    for start in tqdm(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
-                      disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
+                              enabled=progress, leave=False):
         idx = rows[start : start + batch_size]
         batch = table.make_batch(data, idx, model.config.max_his_len).to(device)
         scores = model.score_all(batch).float().clone()

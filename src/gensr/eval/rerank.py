@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from gensr.data.batching import TASK_INDEX, Batch, InstanceTable
 from gensr.data.dataset import SRData
 from gensr.eval.metrics import KS, rank_metrics
 from gensr.eval.protocol import Metrics, full_instances, masked_pairs, seen_before
 from gensr.models.base import SRModel
+from gensr.progress import progress as progress_bar
 from gensr.retrieve.base import Exclusion, Retrieved, Retriever
 
 
@@ -119,9 +119,10 @@ def evaluate_rerank(
     seconds = {"retrieve": 0.0, "rerank": 0.0}
     ret_len = retriever.max_his_len
     model_len = model.config.max_his_len if model is not None else 0
-    for start in tqdm(range(0, len(table), batch_size),
-                      desc=f"{retriever.name}{'' if model is None else ' → ' + model.name} "
-                           f"{split}", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(table), batch_size),
+                              desc=f"{retriever.name}"
+                                   f"{'' if model is None else ' → ' + model.name} {split}",
+                              enabled=progress, leave=False):
         idx = np.arange(start, min(start + batch_size, len(table)))
         target = torch.from_numpy(targets[idx]).to(device)
         rows, items = masked_pairs(seen, table.user[idx], targets[idx])

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from gensr.data import load_data
+from gensr.data.candidates import check_strategy
 from gensr.errors import ConfigError
 from gensr.eval.protocol import evaluate, evaluate_full
 from gensr.eval.tables import print_table
@@ -30,11 +31,13 @@ def evaluate_run(
     console: Console | None = None,
     precision: str = "auto",
     fast_path: bool = True,
+    candidates: str = "uniform",
     retrievers: list[str] | None = None,
     rerank_n: int = 100,
     index: str = "exact",
 ) -> dict:
-    """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``.
+    """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``
+    (``metrics_{split}.{candidates}.json`` for a candidate strategy other than uniform).
 
     ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`;
     auto = bf16 and the fast path on CUDA, fp32 and the original path on CPU).
@@ -42,6 +45,9 @@ def evaluate_run(
     with each retriever spec and reranking them with the model (:func:`evaluate_retrievers`).
     """
     console = console or Console()
+    check_strategy(candidates)
+    if full and candidates != "uniform":
+        raise ConfigError("--candidates has no effect with --full (it ranks every item)")
     if (run_dir is None) == (model is None):
         raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
     if retrievers and not full:
@@ -73,14 +79,17 @@ def evaluate_run(
                                 max_instances=max_instances)
     else:
         metrics = evaluate(net, dataset, split, batch_size=batch_size, ties=ties,  # type: ignore[arg-type]
-                           max_instances=max_instances, scores_out=save_scores)
+                           max_instances=max_instances, scores_out=save_scores,
+                           candidates=candidates)
     name = f"{net.name}{' (full)' if full else ''}"
+    strategy = "" if full or candidates == "uniform" else f".{candidates}"
     print_table({name: metrics}, metrics=("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20"),
                 title=f"{dataset.name} {split}"
+                      + ("" if full else f", {candidates} candidates")
                       + (f" ({used}{'' if fast_path else ', original path'})"
                          if net.name == "gensr" else ""), console=console)
     if run_dir is not None:
-        out = Path(run_dir) / f"metrics_{split}{'_full' if full else ''}.json"
+        out = Path(run_dir) / f"metrics_{split}{'_full' if full else ''}{strategy}.json"
         out.write_text(json.dumps(metrics, indent=2))
         console.print(f"wrote {out}")
     return metrics

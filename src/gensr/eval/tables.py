@@ -1,7 +1,8 @@
 """Result tables: rows = metrics per task, columns = models (the paper's Tables 2–3 layout).
 
 The best value in each row is bold; a model that does not serve a task shows "–".
-Values may be a float or a (mean, std) pair (several seeds).
+Values may be a float or a (mean, std) pair (several seeds). ``marks`` (model -> task ->
+metric -> text) appends a marker to a cell, e.g. "†" for a significant difference.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from rich.table import Table
 
 Cell = float | tuple[float, float] | None
 Results = dict[str, dict[str, dict[str, float]]]  # model -> task -> metric -> value
+Marks = dict[str, dict[str, dict[str, str]]]  # model -> task -> metric -> marker
 
 TABLE_METRICS: tuple[str, ...] = ("R@5", "N@5", "R@10", "N@10")
 TASK_NAMES = {"rec": "Recommendation", "src": "Search"}
@@ -35,7 +37,7 @@ def table_rows(
     metrics: tuple[str, ...] = TABLE_METRICS,
     tasks: tuple[str, ...] = ("rec", "src"),
 ) -> list[tuple[str, str, list[tuple[str, bool]]]]:
-    """(task, metric, [(cell text, is best)] per model) for every row."""
+    """(task, metric, [(cell text, is best)] per model) for every row (without marks)."""
     models = list(results)
     rows = []
     for task in tasks:
@@ -53,10 +55,15 @@ def table_rows(
     return rows
 
 
+def _mark(marks: Marks | None, model: str, task: str, metric: str) -> str:
+    return (marks or {}).get(model, {}).get(task, {}).get(metric, "")
+
+
 def to_markdown(
     results: dict[str, dict[str, dict[str, Cell]]],
     metrics: tuple[str, ...] = TABLE_METRICS,
     title: str | None = None,
+    marks: Marks | None = None,
 ) -> str:
     """A Markdown table, best value per row in bold, "–" where a model skips a task."""
     models = list(results)
@@ -64,7 +71,8 @@ def to_markdown(
     lines.append("| task | metric | " + " | ".join(models) + " |")
     lines.append("|---|---|" + "---|" * len(models))
     for task, metric, cells in table_rows(results, metrics):
-        text = [f"**{c}**" if best else c for c, best in cells]
+        text = [(f"**{c}**" if best else c) + _mark(marks, m, task, metric)
+                for m, (c, best) in zip(models, cells)]
         lines.append(f"| {TASK_NAMES.get(task, task)} | {metric} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 
@@ -74,6 +82,7 @@ def print_table(
     metrics: tuple[str, ...] = TABLE_METRICS,
     title: str | None = None,
     console: Console | None = None,
+    marks: Marks | None = None,
 ) -> None:
     """Print the same table to the terminal (best in bold)."""
     console = console or Console()
@@ -84,5 +93,6 @@ def print_table(
         table.add_column(m, justify="right")
     for task, metric, cells in table_rows(results, metrics):
         table.add_row(TASK_NAMES.get(task, task), metric,
-                      *[f"[bold]{c}[/bold]" if best else c for c, best in cells])
+                      *[(f"[bold]{c}[/bold]" if best else c) + _mark(marks, m, task, metric)
+                        for m, (c, best) in zip(results, cells)])
     console.print(table)

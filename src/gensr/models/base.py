@@ -57,6 +57,8 @@ class SRModel(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("rec", "src")
     trainable: ClassVar[bool] = True
     reads_query_text: ClassVar[bool] = True  # False: unseen queries need no registration
+    # False: the scores never depend on the history (config.max_his_len is not a window)
+    reads_history: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, data: SRData) -> None:
         super().__init__()

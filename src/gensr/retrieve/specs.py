@@ -82,7 +82,7 @@ def build_retriever(spec: str | Spec, data: SRData, *, run_dir: str | Path | Non
     if index not in INDEX_KINDS:
         raise ConfigError(f"index must be one of {list(INDEX_KINDS)}, got {index!r}")
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    from gensr.runs import pick_device
+    from gensr.tensor import pick_device
 
     dev = torch.device(device) if device is not None else pick_device(None)
     if spec.parts:

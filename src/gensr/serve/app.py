@@ -1,12 +1,14 @@
-"""The HTTP service (FastAPI): ``POST /v1/rank``, ``GET /v1/model``, ``GET /healthz``, and
-the full-catalogue routes ``POST /v1/recommend`` and ``POST /v1/search`` (retrieve, then
-rerank: the block at the end of this module).
+"""The HTTP service (FastAPI): ``POST /v1/rank``, ``GET /v1/model``, ``GET /healthz``,
+``GET /metrics``, and the full-catalogue routes ``POST /v1/recommend`` and ``POST /v1/search``
+(retrieve, then rerank: the block at the end of this module).
 
-Importing this module needs the ``[serve]`` extra (fastapi); the rest of gensr does not.
-:func:`create_app` wraps a :class:`~gensr.serve.ranker.Ranker`: requests are validated (schema
-first, then the catalogue: unknown ids, task, limits), queued in a bounded queue and scored in
-micro-batches (:class:`~gensr.serve.batcher.MicroBatcher`). Every error answers with the same
-JSON body, ``{"error": code, "message": text, "details": [{"field", "message"}]}``.
+Importing this module needs the ``[serve]`` extra (fastapi, prometheus_client); the rest of
+gensr does not. :func:`create_app` wraps a :class:`~gensr.serve.ranker.Ranker`: requests are
+validated (schema first, then the catalogue: unknown ids, task, limits), queued in a bounded
+queue and scored in micro-batches (:class:`~gensr.serve.batcher.MicroBatcher`). At most
+``max_concurrency`` requests are inside the app at once; the excess is answered 503 with
+``Retry-After`` at once. Every error answers with the same JSON body, ``{"error": code,
+"message": text, "details": [{"field", "message"}]}``.
 """
 
 
@@ -19,13 +21,14 @@ from typing import Any, Literal
 
 from gensr.serve.batcher import MicroBatcher
 from gensr.serve.errors import RequestError
+from gensr.serve.metrics import ConnectionStats, Metrics
 from gensr.serve.ranker import Ranker, RankRequest
 
 try:
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from fastapi.security import APIKeyHeader
+    from fastapi.responses import JSONResponse, Response
+    from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover - depends on the environment
@@ -38,6 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 log = logging.getLogger("gensr.serve")
 API_KEY_HEADER = "X-API-Key"
 JSON_TYPES = ("application/json",)
+CLOSE = {"Connection": "close"}  # on answers sent before the body was read
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,19 @@ class ServeSettings:
     window_ms: float = 2.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting beyond the one batch being scored; then 503
     max_body_bytes: int = 1 << 20  # 413 beyond
+    # requests inside the app at once (None: max_queue + max_batch + 64); then 503
+    max_concurrency: int | None = None
+    # connection guards (gensr.serve.protocol; enforced by `gensr serve`, not by the app)
+    max_connections: int = 1000  # open connections; the one idle longest makes room
+    idle_timeout_s: float = 5.0  # an idle connection is closed
+    read_timeout_s: float = 10.0  # a request's head and body must arrive in this time (408)
+
+    @property
+    def concurrency(self) -> int:
+        """The limit on requests inside the app."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return self.max_queue + self.max_batch + 64
 
 
 # --- schemas -------------------------------------------------------------------------------
@@ -63,7 +80,7 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="A short code: invalid_json, invalid_request, "
                        "unknown_item, task_not_served, unauthorized, payload_too_large, "
                        "unsupported_media_type, overloaded, not_found, "
-                       "method_not_allowed, internal_error.")
+                       "method_not_allowed, request_timeout, internal_error.")
     message: str = Field(description="What was wrong, in one line.")
     details: list[ErrorDetail] = Field(default_factory=list)
 
@@ -223,7 +240,8 @@ class BodyGuard:
             shown = ctype or "none"
             await _error(415, "unsupported_media_type",
                          f"Content-Type must be application/json (got {shown}); with curl "
-                         "add -H 'Content-Type: application/json'")(scope, receive, send)
+                         "add -H 'Content-Type: application/json'",
+                         headers=CLOSE)(scope, receive, send)
             return
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
@@ -255,13 +273,47 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
-        await _error(413, "payload_too_large",
-                     f"the request body exceeds {self.max_bytes} bytes")(scope, receive, send)
+        await _error(413, "payload_too_large", f"the request body exceeds {self.max_bytes} "
+                     "bytes", headers=CLOSE)(scope, receive, send)
 
 
-def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``ranker`` (start it with uvicorn, or :func:`serve`)."""
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` requests inside the app at once; the excess gets
+    503 with ``Retry-After`` at once. Only requests count, not connections (idle ones are
+    the protocol's business); ``/healthz`` and ``/metrics`` are exempt (they cost nothing)."""
+
+    def __init__(self, app: Callable, limit: int, stats: ConnectionStats,
+                 exempt: tuple[str, ...] = ("/healthz", "/metrics")) -> None:
+        self.app = app
+        self.limit = limit
+        self.stats = stats
+        self.exempt = exempt
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.stats.in_flight >= self.limit:
+            self.stats.refused_in_flight += 1
+            await _error(503, "overloaded",
+                         f"the service is at its limit of {self.limit} requests in progress; "
+                         "retry shortly", headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        self.stats.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.stats.in_flight -= 1
+
+
+def create_app(ranker: Ranker, settings: ServeSettings | None = None,
+               connections: ConnectionStats | None = None) -> FastAPI:
+    """The FastAPI app serving ``ranker`` (start it with uvicorn, or :func:`serve`).
+
+    ``connections``: the stats the connection guards keep (:mod:`gensr.serve.protocol`), for
+    ``/metrics``; a fresh one when the app runs without them."""
     settings = settings or ServeSettings()
+    connections = connections if connections is not None else ConnectionStats()
     batcher = MicroBatcher(ranker.rank_prepared, max_batch=settings.max_batch,
                            window_ms=settings.window_ms, max_queue=settings.max_queue)
     RankBody = _request_model(ranker)  # noqa: N806 - a class
@@ -286,7 +338,14 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
     )
     app.state.ranker = ranker
     app.state.batcher = batcher
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    metrics = Metrics(connections, batcher=batcher, model=ranker.model_name,
+                      fingerprint=ranker.data.fingerprint)
+    app.state.metrics = metrics
+    paths: set[str] = set()
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes,
+                       paths=("/v1/rank", *FULL_PATHS))
+    app.add_middleware(ConcurrencyLimit, limit=settings.concurrency, stats=connections)
+    app.add_middleware(metrics.middleware, routes=lambda: paths)  # outermost: counts all
 
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                           description="The service's API key (--api-key / GENSR_API_KEY).")
@@ -298,6 +357,17 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
                 401, "missing or wrong API key: send it in the X-API-Key header")
 
     guard = [Depends(check_key)] if settings.api_key else []
+    bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token "
+                        "(what Prometheus's `authorization` scrape setting sends).")
+
+    async def check_scraper(key: str | None = Depends(header),
+                            token: HTTPAuthorizationCredentials | None = Depends(bearer)
+                            ) -> None:
+        if token is not None and key is None:
+            key = token.credentials
+        await check_key(key)
+
+    scrape_guard = [Depends(check_scraper)] if settings.api_key else []
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorResponse, "description": text} for status, text in {
             400: "The body is not valid JSON.",
@@ -355,6 +425,7 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
         card = ranker.model_card()
         card["serving"] = {k: v for k, v in asdict(settings).items() if k != "api_key"}
         card["serving"]["api_key_required"] = bool(settings.api_key)
+        card["serving"]["max_concurrency"] = settings.concurrency
         return card
 
     @app.get("/healthz", response_model=HealthResponse,
@@ -367,7 +438,17 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None) -> FastAPI
         return {"status": "ok", "model": ranker.model_name, "queued": batcher.queued,
                 "requests": s.requests, "batches": s.batches, "refused": s.refused}
 
-    add_full_catalogue_routes(app, ranker, batcher, settings, guard, errors)
+    add_full_catalogue_routes(app, ranker, batcher, guard, errors)
+
+    @app.get("/metrics", dependencies=scrape_guard, response_class=Response,
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "Prometheus text format."}, 401: errors[401]},
+             summary="Prometheus metrics: requests, latency, connections, batches")
+    async def prometheus_metrics(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    paths.update(getattr(r, "path", "") for r in app.routes)
     return app
 
 
@@ -470,8 +551,7 @@ def _full_request_models(ranker: Ranker) -> tuple[type[BaseModel], type[BaseMode
 
 
 def add_full_catalogue_routes(app: FastAPI, ranker: Ranker, batcher: MicroBatcher,
-                              settings: ServeSettings, guard: list,
-                              errors: dict[int | str, dict[str, Any]]) -> None:
+                              guard: list, errors: dict[int | str, dict[str, Any]]) -> None:
     """Add ``POST /v1/recommend`` and ``POST /v1/search`` to ``app`` (builds the ranker's
     retrievers now, so that a bad spec fails at start-up, not on the first request)."""
     import time
@@ -479,7 +559,6 @@ def add_full_catalogue_routes(app: FastAPI, ranker: Ranker, batcher: MicroBatche
     from gensr.serve.full import FullRequest
 
     RecommendBody, SearchBody = _full_request_models(ranker)  # noqa: N806 - classes
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, paths=FULL_PATHS)
 
     async def answer(body: Any, query: str | None, started: float) -> dict[str, Any]:
         request = FullRequest(

@@ -23,13 +23,20 @@ class RequestError(GensrError):
         self.field = field
 
 
+def shown_ids(ids: list[str], most: int = 10, width: int = 40) -> str:
+    """``'A', 'B'`` for a message: at most ``most`` ids, each cut to ``width`` characters
+    (a hostile request's ids are echoed, never in full)."""
+    return ", ".join(repr(i if len(i) <= width else i[: width - 1] + "…")
+                     for i in ids[:most])
+
+
 class UnknownItemError(RequestError):
     """Item ids that are not in the model's catalogue (all of them are named)."""
 
     code = "unknown_item"
 
     def __init__(self, field: str, items: list[str]) -> None:
-        shown = ", ".join(repr(i) for i in items[:10])
+        shown = shown_ids(items)
         more = f" and {len(items) - 10} more" if len(items) > 10 else ""
         noun = "item id" if len(items) == 1 else "item ids"
         super().__init__(f"unknown {noun} in {field}: {shown}{more}", field=field)

@@ -37,6 +37,7 @@ from gensr.serve.errors import (
     UnknownItemError,
     UnknownUserError,
     UserRequiredError,
+    shown_ids,
 )
 from gensr.serve.full import (
     DEFAULT_RERANK_N,
@@ -269,7 +270,7 @@ class Ranker(FullCatalogue):
         seen: set[str] = set()
         dups = [c for c in candidates if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
         if dups:
-            shown = ", ".join(repr(c) for c in dict.fromkeys(dups))
+            shown = shown_ids(list(dict.fromkeys(dups)))
             raise RequestError(f"candidates repeat item ids: {shown}", field="candidates")
         unknown = [c for c in candidates if c not in self.item_index]
         if unknown:

@@ -27,11 +27,15 @@ class TrainConfig:
     warmup_steps: int = 200
     max_epochs: int = 20
     max_steps: int | None = None  # stop after this many optimizer steps (None: max_epochs)
+    # stop once training has run this many minutes of wall time (None: no limit); the LR
+    # schedule still decays over max_steps/max_epochs, so a budget cuts it short
+    time_budget_min: float | None = None
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     # validation and early stopping
     eval_every: int | None = None  # steps between validations (None: twice per epoch)
     eval_fraction: float = 0.5  # seeded random share of the valid instances (reference: half)
     eval_max_instances: int | None = None  # cap on that subset (None: no cap)
+    eval_seed: int | None = None  # seed of that subset (None: the run's seed)
     eval_batch_size: int = 128
     metric: str = "mean/N@10"  # TASK/METRIC, TASK in mean|rec|src; mean = over model.tasks
     patience: int = 5  # validations without improvement before stopping (0: never stop early)
@@ -40,7 +44,7 @@ class TrainConfig:
     log_every: int = 20  # steps between TensorBoard/progress-bar loss logs
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     device: str | None = None  # cpu | cuda (None: cuda if available)
-    progress: bool = True  # show the tqdm progress bar
+    progress: bool = True  # a progress bar (plain lines when not a terminal: gensr.progress)
 
     def __post_init__(self) -> None:
         positive = ("n_negatives", "batch_size", "max_epochs", "eval_batch_size", "log_every")
@@ -51,6 +55,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or null, got {value}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ConfigError(f"train.time_budget_min must be > 0 or null, got "
+                              f"{self.time_budget_min}")
         for name in ("lr", "weight_decay", "warmup_steps", "grad_clip", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")

@@ -6,7 +6,9 @@ clipping, AdamW step (the model's ``param_groups``: no decay on biases and norms
 warm-up then linear decay. Every ``eval_every`` steps: :func:`evaluate_table` on a seeded
 subset of the valid instances, the best model saved with ``save_pretrained(RUN_DIR)``, early
 stopping after ``patience`` validations without improvement, and the resumable checkpoint
-``RUN_DIR/last/`` (see :mod:`gensr.train.checkpoint`).
+``RUN_DIR/last/`` (see :mod:`gensr.train.checkpoint`). A run stops at the first of: early
+stopping, ``max_steps``, ``max_epochs`` and ``time_budget_min``; ``run.json`` records which
+(``stop_reason``).
 
 ``accelerate`` places the model, runs mixed precision and, under ``accelerate launch``, DDP:
 every process takes its share of each global batch (so steps, schedule and data order do
@@ -42,6 +44,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Metrics, evaluate_table
 from gensr.models.base import ModelOutput, SRModel
+from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device, resolve_precision
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
@@ -91,15 +94,46 @@ def warmup_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> InstanceTable:
-    """The seeded subset of valid instances used for mid-training validation."""
-    table = eval_instances(data, "valid", tasks=tasks)
+    """The seeded subset of valid instances used for mid-training validation.
+
+    The subset is drawn from all valid instances (both tasks: ``eval_fraction`` of them, at
+    most ``eval_max_instances``, seed ``eval_seed`` or else the run's), then restricted to
+    ``tasks``: models with the same settings validate on the same instances of each task,
+    whichever tasks they serve."""
+    table = eval_instances(data, "valid")
     n = max(1, round(config.eval_fraction * len(table)))
     if config.eval_max_instances is not None:
         n = min(n, config.eval_max_instances)
-    if n >= len(table):
-        return table
-    rng = np.random.default_rng(config.seed)
-    return table.subset(np.sort(rng.choice(len(table), size=n, replace=False)))
+    if n < len(table):
+        rng = np.random.default_rng(config.seed if config.eval_seed is None else config.eval_seed)
+        table = table.subset(np.sort(rng.choice(len(table), size=n, replace=False)))
+    keep = np.isin(table.task, [TASK_INDEX[t] for t in tasks])
+    if not keep.any():
+        raise ConfigError(f"the validation subset ({len(table)} valid instances) holds none of "
+                          f"the tasks {list(tasks)}: raise train.eval_max_instances or "
+                          "eval_fraction")
+    return table.subset(np.nonzero(keep)[0])
+
+
+STOP_REASONS = {"early_stop": "early stop", "max_steps": "max steps",
+                "max_epochs": "max epochs", "time_budget": "time budget",
+                "interrupted": "interrupted", "paused": "paused"}
+
+
+def stop_reason(run: dict[str, Any]) -> str | None:
+    """Why a trained run stopped (a key of :data:`STOP_REASONS`): ``run.json``'s
+    ``stop_reason``, or for runs written before it was recorded, inferred from the status
+    and the step counts. None for runs that are not trained or still running."""
+    if not run.get("trained") or run.get("status") == "running":
+        return None
+    if run.get("stop_reason"):
+        return str(run["stop_reason"])
+    status = run.get("status")
+    if status in ("early_stopped", "interrupted", "paused"):
+        return {"early_stopped": "early_stop"}.get(status, status)
+    max_steps = (run.get("train_config") or {}).get("max_steps")
+    return "max_steps" if max_steps is not None and run.get("steps") == max_steps \
+        and run.get("total_steps") == max_steps else "max_epochs"
 
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
@@ -255,9 +289,13 @@ def fit(
     def out_of_patience() -> bool:
         return config.patience > 0 and state.bad_evals >= config.patience
 
+    def out_of_time() -> bool:
+        return (config.time_budget_min is not None
+                and wall_before + time.time() - started >= 60 * config.time_budget_min)
+
     wall_before = state.wall_time
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {model.name}",
-               disable=not (config.progress and main), dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=state.step, desc=f"train {model.name}",
+                       enabled=config.progress and main, dynamic_ncols=True)
     losses: list[torch.Tensor] = []  # since the last log
     interval: list[torch.Tensor] = []  # since the last validation
     parts: dict[str, list[float]] = {}
@@ -266,7 +304,8 @@ def fit(
     net.train()
     try:
         while (state.step < total_steps and state.epoch < config.max_epochs
-               and not out_of_patience() and status == "running"):
+               and not out_of_patience() and not (state.step and out_of_time())
+               and status == "running"):  # a budget stops after a step (never before one)
             table, order = sampler.epoch(state.epoch)
             order = order[keep[order]]
             for batch in table.batches(data, config.batch_size, model.config.max_his_len,
@@ -305,7 +344,7 @@ def fit(
                     validate()
                     save_checkpoint(rng)
                     write_run_info("running")
-                if state.step >= total_steps or out_of_patience():
+                if state.step >= total_steps or out_of_patience() or out_of_time():
                     break
                 if stop_after_steps is not None and state.step >= stop_after_steps:
                     status = "paused"
@@ -315,6 +354,7 @@ def fit(
                 state.batch = 0
     except KeyboardInterrupt:
         save_checkpoint(rng)
+        info["stop_reason"] = "interrupted"
         write_run_info("interrupted")
         bar.close()
         log(f"interrupted at step {state.step}: checkpoint in {run_dir / checkpoint.LAST}, "
@@ -328,6 +368,16 @@ def fit(
         save_checkpoint(rng)
     if status != "paused":
         status = "early_stopped" if out_of_patience() else "finished"
+    if status == "paused":
+        info["stop_reason"] = "paused"
+    elif out_of_patience():
+        info["stop_reason"] = "early_stop"
+    elif state.step < total_steps and state.epoch < config.max_epochs and out_of_time():
+        info["stop_reason"] = "time_budget"
+    elif config.max_steps is not None and total_steps == config.max_steps:
+        info["stop_reason"] = "max_steps"
+    else:
+        info["stop_reason"] = "max_epochs"
     write_run_info(status)
     if writer is not None:
         writer.close()

@@ -38,9 +38,8 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, RunError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
-from gensr.models.gensr.configuration import REC_TEMPLATE, SRC_TEMPLATE
-from gensr.models.gensr.modeling import GenSR, build_views, info_nce
-from gensr.models.gensr.soft_filter import masked_mean
+from gensr.models.gensr.modeling import GenSR, build_views, info_nce, scratch_corpus
+from gensr.tensor import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
 N_SLOTS = 5  # cf history, sem history, cf candidate, sem candidate, query
@@ -145,12 +144,10 @@ class DiscriminativeTwin(SRModel):
             except (OSError, ValueError) as err:
                 raise RunError(f"{artifacts}/tokenizer: {str(err).splitlines()[0]}") from None
             return tokenizer, nn.Embedding(int(shape["rows"]), int(shape["dim"]))
-        # GenSR's corpus for a scratch tokenizer: item texts, queries, its default templates
-        corpus = list(data.item_text[1:]) + list(data.query_text[1:])
-        corpus += [REC_TEMPLATE, SRC_TEMPLATE] * 20
         d = config.scratch_d_model
-        backbone = load_backbone(
-            config.backbone, artifacts=None, corpus=corpus, answer_yes="Yes", answer_no="No",
+        backbone = load_backbone(  # a scratch tokenizer learns GenSR's (default) corpus
+            config.backbone, artifacts=None, corpus=scratch_corpus(data), answer_yes="Yes",
+            answer_no="No",
             scratch={"vocab_size": config.scratch_vocab_size, "d_model": d, "layers": 1,
                      "decoder_layers": 1, "heads": 1, "d_ff": d, "dropout": 0.0})
         source = backbone.model.get_input_embeddings()

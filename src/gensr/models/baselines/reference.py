@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gensr.data.batching import Batch
+from gensr.data.bm25 import BM25Index
 from gensr.data.dataset import SRData
 from gensr.data.text import analyze
 from gensr.models.base import ModelConfig, SRModel
@@ -33,6 +34,7 @@ class RandomScorer(SRModel):
     config_class = RandomConfig
     trainable = False
     reads_query_text = False
+    reads_history = False
 
     def _context(self, batch: Batch) -> torch.Tensor:
         """(B, 1) int64: one hashed value per instance from everything but the candidates."""
@@ -74,6 +76,7 @@ class PopularityScorer(SRModel):
     config_class = PopularityConfig
     trainable = False
     reads_query_text = False
+    reads_history = False
 
     def __init__(self, config: PopularityConfig, data: SRData) -> None:
         super().__init__(config, data)
@@ -99,20 +102,20 @@ class BM25Config(ModelConfig):
 
 
 class BM25Scorer(SRModel):
-    """Okapi BM25 between the query and each item's text (search only), on the ``bm25s``
-    library (:class:`gensr.retrieve.bm25.BM25Index`): the stored candidates, or every item."""
+    """Okapi BM25 between the query and each candidate's text (search only; on the ``bm25s``
+    library, :class:`gensr.data.bm25.BM25Index`): the stored candidates, or every item."""
 
     name = "bm25"
     config_class = BM25Config
     tasks = ("src",)
     trainable = False
+    reads_history = False
 
     def __init__(self, config: BM25Config, data: SRData) -> None:
         super().__init__(config, data)
-        from gensr.retrieve.bm25 import BM25Index
-
-        self.index = BM25Index(data, k1=config.k1, b=config.b,
-                               use_category=config.use_category)
+        self.bm25 = BM25Index(data.item_text,
+                              data.item_category if config.use_category else None,
+                              k1=config.k1, b=config.b)
         self.query_terms = [analyze(q) for q in data.query_text]
 
     def add_queries(self, texts: list[str]) -> list[int]:
@@ -123,11 +126,14 @@ class BM25Scorer(SRModel):
                 self.query_terms.append(analyze(text))
         return super().add_queries(texts)
 
+    def score(self, batch: Batch) -> torch.Tensor:
+        cands = batch.candidates.cpu().numpy()
+        out = np.zeros(cands.shape, dtype=np.float64)
+        for row, qid in enumerate(batch.query.cpu().numpy()):
+            out[row] = self.bm25.score(self.query_terms[qid], cands[row])
+        return torch.from_numpy(out).to(batch.candidates.device)
+
     def score_all(self, batch: Batch) -> torch.Tensor:
         queries = batch.query.cpu().numpy()
-        scores = self.index.scores_many([self.query_terms[q] for q in queries])
+        scores = self.bm25.scores_many([self.query_terms[q] for q in queries])
         return torch.from_numpy(scores).to(batch.candidates.device)
-
-    def score(self, batch: Batch) -> torch.Tensor:
-        every = self.score_all(batch)
-        return every.gather(1, batch.candidates)

@@ -20,6 +20,7 @@ from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
+from gensr.tensor import drop_leading_padding
 
 
 @dataclass
@@ -116,12 +117,7 @@ class SASRec(SRModel):
     def user_state(self, batch: Batch) -> torch.Tensor:
         """(B, D): the hidden state at the most recent history position."""
         items = batch.hist_item[:, -self.config.max_his_len:]
-        # drop the leading columns that are padding in every row: same result, less work
-        filled = (items > 0).any(0)
-        if bool(filled.any()):
-            items = items[:, int(filled.nonzero()[0]):]
-        else:
-            items = items[:, -1:]
+        (items,) = drop_leading_padding(items > 0, items)  # same result, less work
         n = items.shape[1]
         x = self.item_emb(items) * math.sqrt(self.config.hidden)
         x = x + self.pos_emb.weight[-n:]  # histories are left-padded: most recent = last

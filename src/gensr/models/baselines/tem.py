@@ -23,7 +23,7 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.baselines.words import WordVocabularyArtifacts, build_vocabulary, word_table
-from gensr.models.gensr.soft_filter import masked_mean
+from gensr.tensor import drop_leading_padding, masked_mean
 
 
 @dataclass
@@ -95,16 +95,15 @@ class TEM(WordVocabularyArtifacts, SRModel):
         """(B, d): M_uq, the encoder output at the query position."""
         cfg: TEMConfig = self.config  # type: ignore[assignment]
         items = batch.hist_item[:, -cfg.max_his_len:]
-        filled = (items > 0).any(0)
-        start = int(filled.nonzero()[0]) if bool(filled.any()) else items.shape[1]
-        items = items[:, start:]  # may be empty: the query alone
+        items, behaviours = drop_leading_padding(  # may be empty: the query alone
+            items > 0, items, batch.hist_behaviour[:, -cfg.max_his_len:], keep=0)
         n = items.shape[1]
         query = self.query_vectors(batch.query) + self.kind.weight[0]
         if self.user_emb is not None:
             query = query + self.user_emb(batch.user)
         x = self.item_emb(items) + self.position.weight[cfg.max_his_len - n:]
         if cfg.behaviour_embedding:
-            x = x + self.kind(batch.hist_behaviour[:, -cfg.max_his_len:][:, start:].clamp(1, 2))
+            x = x + self.kind(behaviours.clamp(1, 2))
         seq = self.drop(torch.cat([query[:, None], x], dim=1))
         ignore = torch.cat([torch.zeros_like(items[:, :1], dtype=torch.bool), items == 0], 1)
         return self.encoder(seq, src_key_padding_mask=ignore)[:, 0]

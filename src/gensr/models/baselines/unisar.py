@@ -42,7 +42,7 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.models.baselines.words import WordVocabularyArtifacts, build_vocabulary, word_table
-from gensr.models.gensr.soft_filter import masked_mean
+from gensr.tensor import drop_leading_padding, masked_mean, masked_softmax
 
 REC, SRC = 1, 2  # Batch.hist_behaviour codes
 @dataclass
@@ -103,9 +103,7 @@ class MaskedAttention(nn.Module):
         q = self.query(x).view(b, lq, self.heads, dh).transpose(1, 2)
         k = self.key(memory).view(b, lk, self.heads, dh).transpose(1, 2)
         v = self.value(memory).view(b, lk, self.heads, dh).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        weights = masked_softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), allowed[:, None])
         y = self.drop(weights) @ v
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
 
@@ -219,9 +217,8 @@ def split_by_type(types: torch.Tensor, code: int) -> tuple[torch.Tensor, torch.T
     key = torch.where(is_type, torch.arange(1, n + 1, device=types.device), 0)
     order = torch.sort(key, dim=1, stable=True).indices  # others first, then type in order
     mask = is_type.gather(1, order)
-    filled = mask.any(0)
-    first = int(filled.nonzero()[0]) if bool(filled.any()) else n - 1
-    return order[:, first:], mask[:, first:]
+    index, mask = drop_leading_padding(mask, order, mask)
+    return index, mask
 
 
 def gather_positions(x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -243,9 +240,7 @@ class TargetAttention(nn.Module):
                 ) -> torch.Tensor:
         """``history`` (B, L, d), ``mask`` (B, L), ``target`` (B, C, d) -> (B, C, d)."""
         scores = torch.einsum("bld,de,bce->bcl", history, self.weight, target)
-        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        return weights @ history
+        return masked_softmax(scores, mask[:, None, :]) @ history
 
 
 class BilinearInfoNCE(nn.Module):
@@ -422,9 +417,7 @@ class UniSAR(WordVocabularyArtifacts, SRModel):
         items = batch.hist_item[:, -cfg.max_his_len:]
         types = batch.hist_behaviour[:, -cfg.max_his_len:] * (items > 0)
         queries = batch.hist_query[:, -cfg.max_his_len:]
-        filled = (items > 0).any(0)  # drop columns that are padding in every row
-        start = int(filled.nonzero()[0]) if bool(filled.any()) else items.shape[1] - 1
-        items, types, queries = items[:, start:], types[:, start:], queries[:, start:]
+        items, types, queries = drop_leading_padding(items > 0, items, types, queries)
         tokens = self.item_vectors(items) + self.query_vectors(queries * (types == SRC))
         global_out = self.global_encoder(tokens, transition_mask(types, cfg.causal_transitions))
         rec_index, rec_mask = split_by_type(types, REC)

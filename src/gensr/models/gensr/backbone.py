@@ -385,8 +385,11 @@ def _from_run_dir(artifacts: Path, answer_yes: str, answer_no: str,
     )
 
     folder = artifacts / "backbone"
-    card_path, legacy = folder / BACKBONE_CARD, folder / "gensr_tying.json"
-    card = json.loads(card_path.read_text()) if card_path.exists() else {"kind": "seq2seq"}
+    card_path = folder / BACKBONE_CARD
+    if not card_path.is_file():
+        raise RunError(f"{card_path} is missing: the backbone's kind and weight tying (an "
+                       "incomplete or damaged run)")
+    card = json.loads(card_path.read_text())
     if card.get("kind") not in BACKBONES:
         raise RunError(f"{card_path}: unknown backbone kind {card.get('kind')!r}")
     tokenizer = AutoTokenizer.from_pretrained(artifacts / "tokenizer")
@@ -394,9 +397,6 @@ def _from_run_dir(artifacts: Path, answer_yes: str, answer_no: str,
     cls = AutoModelForSeq2SeqLM if card["kind"] == "seq2seq" else AutoModelForCausalLM
     with quiet_transformers():
         model = cls.from_config(config, dtype=torch.float32)
-    if not card_path.exists() and legacy.exists() \
-            and not json.loads(legacy.read_text())["lm_head_tied"]:
-        _untie_lm_head(model)  # runs written before gensr_backbone.json
     fresh = tuple(card.get("fresh", ()))
     if lora.enabled:
         model = apply_lora(model, lora, fresh)

@@ -29,13 +29,18 @@ from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
 from gensr.models.gensr.backbone import Backbone, Seq2SeqBackbone, load_backbone
 from gensr.models.gensr.backbones import LoraSettings
-from gensr.models.gensr.configuration import GenSRConfig, resolve_template
+from gensr.models.gensr.configuration import (
+    REC_TEMPLATE,
+    SRC_TEMPLATE,
+    GenSRConfig,
+    resolve_template,
+)
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
-from gensr.models.gensr.soft_filter import SoftFilter, masked_mean
+from gensr.models.gensr.soft_filter import SoftFilter
 from gensr.models.gensr.speed import DTYPES, Speed
 from gensr.models.gensr.views import CFView, SemanticView
-from gensr.runs import resolve_precision
+from gensr.tensor import masked_mean, resolve_precision
 
 
 @dataclass
@@ -62,6 +67,13 @@ def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tenso
     sim = F.normalize(z_cf, dim=-1) @ F.normalize(z_sem, dim=-1).T / tau
     target = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+
+
+def scratch_corpus(data: SRData, rec_template: str = REC_TEMPLATE,
+                   src_template: str = SRC_TEMPLATE) -> list[str]:
+    """The text a ``scratch-t5`` tokenizer's vocabulary is built from: the data's item texts
+    and queries, and the two prompt templates (20 times each, so their words are kept)."""
+    return [*data.item_text[1:], *data.query_text[1:]] + [rec_template, src_template] * 20
 
 
 def load_cf_table(config: GenSRConfig, data: SRData) -> torch.Tensor:
@@ -105,10 +117,8 @@ class GenSR(SRModel):
             raise ConfigError("GenSR needs at least one view (cf or semantic)")
         rec_template = resolve_template(config.rec_template, "rec")
         src_template = resolve_template(config.src_template, "src")
-        corpus = None
-        if artifacts is None:
-            corpus = [t for t in data.item_text[1:]] + [q for q in data.query_text[1:]]
-            corpus += [rec_template, src_template] * 20
+        corpus = None if artifacts is not None else scratch_corpus(data, rec_template,
+                                                                  src_template)
         self.backbone: Backbone = load_backbone(
             config.backbone, artifacts=artifacts, corpus=corpus,
             answer_yes=config.answer_yes, answer_no=config.answer_no,
@@ -268,43 +278,35 @@ class GenSR(SRModel):
             out["sem_candidate"] = e_sem
         return out
 
-    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor], *,
-                          splice: str = "index") -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7: the prompt's token embeddings with the four vectors spliced in, flattened to
-        (B*C, T, d) pointwise sequences, and their attention mask.
-
-        ``splice="index"`` writes the vectors into one copy of the prompt per candidate;
-        ``"where"`` (the original) makes four passes of ``torch.where``. Same values."""
+        (B*C, T, d) pointwise sequences, and their attention mask. The vectors are written
+        into one copy of the prompt per candidate."""
         ids = enc.prompt_ids
         b, t = ids.shape
         c = vectors["cf_history"].shape[1]
         base = self.backbone.embed(ids.clamp(min=0))  # (B, T, d)
         d = base.shape[-1]
-        if splice == "where":
-            embeds = base[:, None].expand(b, c, t, d)
-            for k, slot in enumerate(VECTOR_SLOTS):
-                at = (ids == PromptBuilder.slot_marker(k))[:, None, :, None]  # (B, 1, T, 1)
-                embeds = torch.where(at, vectors[slot][:, :, None, :].to(embeds.dtype), embeds)
-        else:
-            markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
-                                   device=ids.device)
-            where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
-            stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
-            embeds = base[:, None].expand(b, c, t, d).clone()
-            rows = torch.arange(b, device=ids.device)[:, None, None]
-            cols = torch.arange(c, device=ids.device)[None, :, None]
-            embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
+        markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
+                               device=ids.device)
+        where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
+        stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
+        embeds = base[:, None].expand(b, c, t, d).clone()
+        rows = torch.arange(b, device=ids.device)[:, None, None]
+        cols = torch.arange(c, device=ids.device)[None, :, None]
+        embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
         mask = enc.prompt_mask[:, None].expand(b, c, t)
         return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
 
     def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor, *,
                       speed: Speed | None = None, shared_mask: bool = False
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """First-step vocabulary log-probabilities (B, C, V) and the slot vectors.
+        """First-step vocabulary logits (B, C, V), unnormalised, and the slot vectors.
         ``shared_mask``: every prompt in ``enc`` has the same mask (a length bucket)."""
         speed = speed or self.resolved_speed()
         vectors = self.slot_vectors(enc, candidates)
-        embeds, mask = self.prompt_embeddings(enc, vectors, splice=speed.splice)
+        embeds, mask = self.prompt_embeddings(enc, vectors)
         logits = self._logits_fn(speed)(embeds, mask, shared=shared_mask)
         return logits.view(*candidates.shape, -1), vectors
 

@@ -3,7 +3,8 @@
 A template is text with four *vector slots* — ``{cf_history}``, ``{sem_history}``,
 ``{cf_candidate}``, ``{sem_candidate}`` — each exactly once, cutting it into five text segments
 T1..T5; ``{query}`` (search templates) is a *text slot* filled with the query's tokens, and
-``{items}``/``{item}`` are the domain nouns. The builder turns a batch into ``inputs_embeds``:
+``{items}``/``{item}`` are the domain nouns. The builder lays a batch's prompts out as token
+ids with slot markers, which :meth:`GenSR.prompt_embeddings` turns into ``inputs_embeds``:
 
     X = [emb(T1), h_cf, emb(T2), h_sem, emb(T3), e_cf_c, emb(T4), e_sem_c, emb(T5), </s>]
 
@@ -64,30 +65,14 @@ class PromptTemplate:
             pieces.append(("text", text[last:]))
         return cls(source=template, pieces=tuple(pieces))
 
-    @property
-    def slot_order(self) -> tuple[str, ...]:
-        """The vector slots in the order the template places them."""
-        return tuple(name for kind, name in self.pieces if kind == "vector")
-
-    def segments(self) -> list[str]:
-        """The five text segments T1..T5 between vector slots (the query marked ``{query}``)."""
-        out, current = [], ""
-        for kind, value in self.pieces:
-            if kind == "vector":
-                out.append(current)
-                current = ""
-            else:
-                current += value if kind == "text" else "{query}"
-        out.append(current)
-        return out
-
 
 class PromptBuilder:
-    """Pre-tokenises the task templates; per batch lays out token ids and vector positions.
+    """Pre-tokenises the task templates; per batch lays out the prompts' token ids.
 
-    ``layout(task, query_ids)`` returns, for B instances, ``ids`` (B, T) with the slots' places
-    holding ``slot_marker(k)`` (negative numbers), the ``attention_mask`` and, for k in
-    0..3, the positions of vector slot k (B,) — in :data:`VECTOR_SLOTS` order.
+    ``layout(task, query, query_tokens)`` returns, for B instances, ``ids`` (B, T), right-padded,
+    where vector slot k (in :data:`VECTOR_SLOTS` order) holds ``slot_marker(k)`` (a negative
+    number, never a token id), and the attention mask (B, T). The model finds the slots by
+    their markers when it splices the vectors in.
     """
 
     def __init__(self, tokenizer, rec: PromptTemplate, src: PromptTemplate, eos_id: int | None,

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from gensr.tensor import masked_softmax
+
 
 class SoftFilter(nn.Module):
     """Multi-head cross-attention with the candidate as query over an encoded history.
@@ -35,9 +37,7 @@ class SoftFilter(nn.Module):
         q = self.query(candidate).view(b, c, self.heads, dh)
         k = self.key(history).view(b, t, self.heads, dh)
         scores = torch.einsum("bchd,bthd->bhct", q, k) / math.sqrt(dh)  # Eq. 5
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        return torch.nan_to_num(weights, nan=0.0)  # rows with no history -> all zero
+        return masked_softmax(scores, mask[:, None, None, :])  # no history -> all zero
 
     def forward(self, candidate: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
                 ) -> torch.Tensor:
@@ -47,8 +47,3 @@ class SoftFilter(nn.Module):
         v = self.value(history).view(b, history.shape[1], self.heads, d // self.heads)
         return torch.einsum("bhct,bthd->bchd", weights, v).reshape(b, c, d)  # Eq. 6
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (..., T, d) over positions where ``mask`` (..., T) is True (0 if none)."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(-2) / m.sum(-2).clamp(min=1.0)

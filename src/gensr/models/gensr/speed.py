@@ -17,7 +17,6 @@ import torch
 from gensr.errors import ConfigError
 
 RUNNERS = ("auto", "hf", "fused")
-SPLICES = ("index", "where")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CUDA_CHUNK = 4096  # pointwise sequences per backbone call on CUDA (auto)
 CUDA_BUCKET = 8  # prompt-length band of a bucket on CUDA (auto), in tokens
@@ -30,8 +29,6 @@ class Speed:
     ``runner``: ``hf`` = the backbone's own forward; ``fused`` = :class:`FusedT5` (T5
     backbones: one attention bias per batch, SDPA, a specialised first decoder step);
     ``auto`` = fused on CUDA when the backbone is a T5, else hf.
-    ``splice``: how the four vectors enter the prompt embeddings — ``index`` writes them into
-    one (B, C, T, d) copy; ``where`` is the original four ``torch.where`` passes (four copies).
     ``bucket``: score instances grouped by prompt length — instances whose lengths fall in the
     same ``bucket``-token band are scored together, padded to the band's longest prompt (a
     band of equal lengths shares one mask, broadcast over its rows); 0 = off, None = 8 on
@@ -44,15 +41,13 @@ class Speed:
     """
 
     runner: str = "auto"
-    splice: str = "index"
     bucket: int | None = None
     pad_to: int = 1
     chunk: int | None = None
     compile: str = "off"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("runner", RUNNERS), ("splice", SPLICES),
-                              ("compile", COMPILE_MODES)):
+        for name, allowed in (("runner", RUNNERS), ("compile", COMPILE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"speed.{name} must be one of {list(allowed)}, "
                                   f"got {getattr(self, name)!r}")
@@ -65,9 +60,9 @@ class Speed:
 
     @classmethod
     def plain(cls) -> Speed:
-        """The original path: the backbone's forward, four-pass splice, no buckets, the
-        config's chunk, no compilation."""
-        return cls(runner="hf", splice="where", bucket=0)
+        """The original path: the backbone's forward, no buckets, the config's chunk, no
+        compilation."""
+        return cls(runner="hf", bucket=0)
 
     def resolve(self, device: torch.device, score_chunk: int, fused_ok: bool) -> Speed:
         """Concrete values for ``device`` (``fused_ok``: the backbone is a T5)."""
