@@ -39,3 +39,35 @@ def run_gensr(*args: str) -> tuple[int, str]:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return code, out.getvalue()
+
+
+#: small configs of the trained models, for seeded untrained run directories in tests
+TINY_CONFIGS: dict[str, dict] = {
+    "gensr": {"backbone": "scratch-t5", "scratch_d_model": 16, "scratch_vocab_size": 400,
+              "max_his_len": 6, "item_text_tokens": 4, "scratch_heads": 2, "scratch_d_ff": 32,
+              "scratch_layers": 1, "scratch_decoder_layers": 1},
+    "sasrec": {"hidden": 16, "n_layers": 1, "max_his_len": 10},
+    "tem": {"hidden": 16, "max_his_len": 10},
+}
+
+
+def write_tiny_run(name: str, data, root: Path, cf_path: Path | None = None, **values) -> Path:
+    """Save a seeded, untrained ``name`` model (``TINY_CONFIGS`` + ``values``) as a run
+    directory ``root/name`` whose run.json names ``data``."""
+    import json
+
+    import torch
+
+    from gensr.models.registry import model_class
+
+    cls = model_class(name)
+    config = {**TINY_CONFIGS.get(name, {}), **values}
+    if cf_path is not None and "cf_path" in cls.config_class.__dataclass_fields__:
+        config["cf_path"] = str(cf_path)
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**config), data).eval()
+    run = root / name
+    model.save_pretrained(run)
+    (run / "run.json").write_text(json.dumps({"model": name,
+                                              "data_dir": str(Path(data.path).resolve())}))
+    return run

@@ -186,25 +186,37 @@ def evaluate_cmd(
     data: Path | None = typer.Option(None, help="Data directory (with --model, or to "
                                         "override the run's)."),
     split: str = typer.Option("test", help="valid | test"),
-    full: bool = typer.Option(False, help="Full ranking over all items (models that can)."),
+    full: bool = typer.Option(False, help="Rank the whole catalogue: models that score every "
+                              "item directly, any model through --retriever."),
+    retriever: list[str] | None = typer.Option(
+        None, "--retriever", help="With --full: retrieve --rerank-n items with SPEC, then the "
+        "model reranks them (repeatable): lightgcn | lightgcn-history | bm25 | pop | "
+        "NAME=RUN_DIR (sasrec, tem) | A+B (union) (docs/serving.md)."),
+    rerank_n: int = typer.Option(100, "--rerank-n", min=1, help="Items retrieved per "
+                                 "instance for the reranker."),
+    index: str = typer.Option("exact", help="Dense retrievers: exact | hnsw (approximate, "
+                              "FAISS; built once, saved in the run's retrieval/)."),
     ties: str = typer.Option("expected", help="expected | pessimistic | optimistic"),
     batch_size: int = typer.Option(64, help="Instances per batch."),
     max_instances: int | None = typer.Option(None, help="Seeded subset of instances."),
     save_scores: Path | None = typer.Option(None, help="Write every instance's scores "
-                                               "(Parquet)."),
+                                               "(Parquet); with --retriever its retrieved "
+                                               "items and reranked order."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if present)."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
     candidates: str = typer.Option("uniform", "--candidates", help="Candidate strategy: "
                                    "uniform | bm25-hard | popular (`gensr data candidates`)."),
 ) -> None:
-    """Evaluate a trained run or a reference scorer on the stored candidates."""
+    """Evaluate a trained run or a reference scorer on the stored candidates (or, with
+    --full, on the whole catalogue)."""
     from gensr.eval.runner import evaluate_run
 
     evaluate_run(run_dir=run_dir, model=model, data=data, split=split, full=full, ties=ties,
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
                  device=device, console=console, precision=precision, fast_path=fast_path,
-                 candidates=candidates)
+                 candidates=candidates, retrievers=retriever or None, rerank_n=rerank_n,
+                 index=index)
 
 
 # --- comparison --------------------------------------------------------------------------
@@ -320,14 +332,36 @@ def rank_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
+    full: bool = typer.Option(False, "--full", help="Rank the whole catalogue: retrieve "
+                              "--rerank-n items, rerank them with the model (no "
+                              "--candidates)."),
+    retriever: list[str] | None = typer.Option(
+        None, "--retriever", help="With --full: retriever SPEC (repeatable; the first serving "
+        "the task is used): lightgcn | lightgcn-history | bm25 | pop | NAME=RUN_DIR | A+B "
+        "(default: lightgcn from the run's CF table for rec, bm25 for search)."),
+    rerank_n: int = typer.Option(100, "--rerank-n", min=1, help="With --full: items "
+                                 "retrieved for the reranker."),
+    keep_consumed: bool = typer.Option(False, "--keep-consumed", help="With --full: the "
+                                       "history's items may be recommended again."),
+    index: str = typer.Option("exact", help="With --full: exact | hnsw (dense retrievers)."),
 ) -> None:
-    """Rank candidates for one user history (original item ids) and print the ranking."""
+    """Rank candidates for one user history (original item ids) and print the ranking; with
+    --full, the whole catalogue (retrieve, then rerank)."""
     import json
 
     from gensr.errors import ConfigError
     from gensr.serve.parsing import load_request, parse_candidates, parse_history
     from gensr.serve.ranker import Ranker
 
+    if full:
+        _rank_full(run_dir, history=history, candidates=candidates, query=query, top_k=top_k,
+                   user=user, request=request, data=data, device=device, as_json=as_json,
+                   precision=precision, fast_path=fast_path, retrievers=retriever,
+                   rerank_n=rerank_n, keep_consumed=keep_consumed, index=index)
+        return
+    if retriever or keep_consumed:
+        raise ConfigError("--retriever and --keep-consumed rank the whole catalogue: add "
+                          "--full")
     if request is not None:
         if history or candidates or query or top_k or user:
             raise ConfigError("give either --request FILE or "
@@ -362,6 +396,55 @@ def rank_cmd(
         text = text if len(text) <= room else text[: room - 1] + "…"
         table.add_row(str(i), scored.item, score, text)
     console.print(table)
+
+
+def _rank_full(run_dir: Path, *, history, candidates, query, top_k, user, request, data,
+               device, as_json, precision, fast_path, retrievers, rerank_n, keep_consumed,
+               index) -> None:
+    """``gensr rank --full``: one full-catalogue ranking, printed."""
+    import json
+
+    from gensr.errors import ConfigError
+    from gensr.serve.full import FullRequest
+    from gensr.serve.parsing import load_full_request, parse_history
+    from gensr.serve.ranker import Ranker
+
+    if candidates:
+        raise ConfigError("--full ranks the whole catalogue: leave out --candidates")
+    if request is not None:
+        if history or query or top_k or user or keep_consumed:
+            raise ConfigError("give either --request FILE or --history/--query/--user/--top-k/"
+                              "--keep-consumed")
+        req = load_full_request(request)
+    else:
+        req = FullRequest(history=parse_history(history), user=user, query=query,
+                          top_k=top_k or 10, rerank_n=rerank_n, keep_consumed=keep_consumed)
+    ranker = Ranker.from_run(run_dir, data=data, device=device, precision=precision,
+                             fast_path=fast_path, retrievers=retrievers or None,
+                             rerank_n=rerank_n, index=index)
+    (ranking,) = ranker.rank_full_many([req])
+    if as_json:
+        print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
+        return
+    what = f"search {req.query!r}" if ranking.task == "src" else "recommendation"
+    t = ranking.timings_ms
+    table = Table(title=f"{ranker.model_name} {what}: top {len(ranking)} of the catalogue "
+                        f"({ranking.n_candidates} retrieved by {ranking.retriever})")
+    scores = [f"{s.score:.6g}" for s in ranking]
+    widths = [len(str(len(ranking))), max((len(s.item) for s in ranking), default=4),
+              max((len(s) for s in scores), default=5)]
+    table.add_column("#", justify="right", no_wrap=True, min_width=widths[0])
+    table.add_column("item", no_wrap=True, min_width=widths[1])
+    table.add_column("score", justify="right", no_wrap=True, min_width=widths[2])
+    room = max(12, console.width - sum(widths) - 13)
+    table.add_column("text", no_wrap=True)
+    texts = ranker.data.item_text
+    for i, (scored, score) in enumerate(zip(ranking, scores), start=1):
+        text = texts[ranker.item_index[scored.item]]
+        table.add_row(str(i), scored.item, score,
+                      text if len(text) <= room else text[: room - 1] + "…")
+    console.print(table)
+    console.print(f"retrieve {t['retrieve']:.1f} ms, rerank {t['rerank']:.1f} ms")
 
 
 @app.command("serve")
@@ -400,8 +483,17 @@ def serve_cmd(
     log_level: str = typer.Option("info", help="uvicorn log level (debug logs requests)."),
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
+    retriever: list[str] | None = typer.Option(
+        None, "--retriever", help="Retriever SPEC of POST /v1/recommend and /v1/search "
+        "(repeatable; the first serving a task is its default): lightgcn | lightgcn-history "
+        "| bm25 | pop | NAME=RUN_DIR | A+B | rec:SPEC (default: lightgcn from the run's CF "
+        "table, bm25)."),
+    rerank_n: int = typer.Option(100, "--rerank-n", min=1, help="Items retrieved per "
+                                 "full-catalogue request unless it says."),
+    index: str = typer.Option("exact", help="Dense retrievers: exact | hnsw (FAISS)."),
 ) -> None:
-    """Serve a run over HTTP: POST /v1/rank, GET /v1/model, /healthz, /metrics (see docs)."""
+    """Serve a run over HTTP: POST /v1/rank, /v1/recommend, /v1/search, GET /v1/model,
+    /healthz, /metrics (see docs/serving.md)."""
     from gensr.serve.ranker import Limits
     from gensr.serve.server import resolve_api_key, serve
 
@@ -412,7 +504,8 @@ def serve_cmd(
           max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
           max_connections=max_connections, idle_timeout=idle_timeout,
           read_timeout=read_timeout, threads=threads, log_level=log_level,
-          precision=precision, fast_path=fast_path)
+          precision=precision, fast_path=fast_path, retrievers=retriever or None,
+          rerank_n=rerank_n, index=index)
 
 # --- analyses (gensr analyze …) ----------------------------------------------------------
 analyze_app = typer.Typer(

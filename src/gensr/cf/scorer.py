@@ -49,4 +49,10 @@ class LightGCNScorer(SRModel):
         return torch.einsum("bd,bcd->bc", self.user[batch.user], self.item[batch.candidates])
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return self.user[batch.user] @ self.item.T
+        return self.query_embedding(batch) @ self.item_embeddings().T
+
+    def query_embedding(self, batch: Batch) -> torch.Tensor:
+        return self.user[batch.user]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item

@@ -245,6 +245,32 @@ def seen_before(data: SRData, split: str) -> tuple[np.ndarray, np.ndarray]:
     return users[order], items[order]
 
 
+def full_instances(data: SRData, split: str, tasks: tuple[str, ...],
+                   max_instances: int | None = None, seed: int = 0
+                   ) -> tuple[InstanceTable, np.ndarray]:
+    """The split's evaluation instances for full ranking (optionally the same seeded subset as
+    :func:`evaluate`) and each one's target item."""
+    table = eval_instances(data, split, tasks=tasks, max_instances=max_instances, seed=seed)
+    rows = np.arange(len(table))
+    targets = (table.candidates[rows, table.target_pos] if len(table)
+               else np.zeros(0, np.int64)).astype(np.int64)
+    return table, targets
+
+
+def masked_pairs(seen: tuple[np.ndarray, np.ndarray], users: np.ndarray, targets: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, items) to mask for instances of ``users`` with ``targets``: each user's items
+    in ``seen`` (:func:`seen_before`), except the instance's own target."""
+    seen_u, seen_i = seen
+    lo = np.searchsorted(seen_u, users, side="left")
+    hi = np.searchsorted(seen_u, users, side="right")
+    r = np.repeat(np.arange(len(users)), hi - lo)
+    c = (np.concatenate([seen_i[a:b] for a, b in zip(lo, hi)]) if len(r)
+         else np.zeros(0, np.int64))
+    keep = c != targets[r]
+    return r[keep], c[keep]
+
+
 @torch.no_grad()
 def evaluate_full(
     model: SRModel,
@@ -256,16 +282,17 @@ def evaluate_full(
     ks: tuple[int, ...] = KS,
     device: torch.device | str | None = None,
     progress: bool = True,
+    max_instances: int | None = None,
+    seed: int = 0,
 ) -> Metrics:
     """Full ranking over all items; the user's items of earlier splits are masked
-    (:func:`seen_before`), the target never is."""
+    (:func:`seen_before`), the target never is. ``max_instances`` takes the same seeded
+    subset as :func:`evaluate`."""
     if not model.supports_full_ranking:
         raise NotImplementedError(f"{model.name} cannot score every item")
     tasks = tuple(t for t in (tasks or ("rec", "src")) if t in model.tasks)
-    frame = data.candidates(split).filter(pl.col("task").is_in(list(tasks)))
-    table = InstanceTable.from_candidates(frame)
-    targets = frame["target_item"].to_numpy().astype(np.int64)
-    seen_u, seen_i = seen_before(data, split)
+    table, targets = full_instances(data, split, tasks, max_instances, seed)
+    seen = seen_before(data, split)
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else model.device
@@ -279,14 +306,8 @@ def evaluate_full(
         batch = table.make_batch(data, idx, model.config.max_his_len).to(device)
         scores = model.score_all(batch).float().clone()
         scores[:, 0] = float("-inf")
-        lo = np.searchsorted(seen_u, table.user[idx], side="left")
-        hi = np.searchsorted(seen_u, table.user[idx], side="right")
-        r = np.repeat(np.arange(len(idx)), hi - lo)
-        c = np.concatenate([seen_i[a:b] for a, b in zip(lo, hi)]) if len(r) else np.zeros(
-            0, np.int64)
-        keep = c != targets[idx][r]
-        scores[torch.from_numpy(r[keep]).to(device), torch.from_numpy(c[keep]).to(device)] = (
-            float("-inf"))
+        r, c = masked_pairs(seen, table.user[idx], targets[idx])
+        scores[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)] = float("-inf")
         target = torch.from_numpy(targets[idx]).to(device)
         metrics = rank_metrics(scores, target, ks=ks)
         for task, index in TASK_INDEX.items():

@@ -32,12 +32,18 @@ def evaluate_run(
     precision: str = "auto",
     fast_path: bool = True,
     candidates: str = "uniform",
+    retrievers: list[str] | None = None,
+    rerank_n: int = 100,
+    index: str = "exact",
 ) -> dict:
     """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``
     (``metrics_{split}.{candidates}.json`` for a candidate strategy other than uniform).
 
     ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`;
-    auto = bf16 and the fast path on CUDA, fp32 and the original path on CPU)."""
+    auto = bf16 on CUDA, fp32 on CPU; the fast path everywhere).
+    ``retrievers`` (with ``full``): full-catalogue ranking by retrieving ``rerank_n`` items
+    with each retriever spec and reranking them with the model (:func:`evaluate_retrievers`).
+    """
     console = console or Console()
     check_strategy(candidates)
     if full and candidates != "uniform":
@@ -49,6 +55,10 @@ def evaluate_run(
         device = str(PartialState().device)  # each process on its own GPU
     if (run_dir is None) == (model is None):
         raise ConfigError("give either RUN_DIR or --model NAME (with --data)")
+    if retrievers and not full:
+        raise ConfigError("--retriever ranks the whole catalogue: add --full")
+    if retrievers and rerank_n < 1:
+        raise ConfigError(f"--rerank-n must be >= 1, got {rerank_n}")
     if run_dir is not None:
         net, dataset = load_run(run_dir, data, device)
     else:
@@ -69,8 +79,18 @@ def evaluate_run(
     if missing:
         console.print(f"warning: the {split} split has no {' or '.join(missing)} instances: "
                       f"evaluating {', '.join(served)} only", highlight=False)
+    if retrievers:
+        return evaluate_retrievers(net, dataset, retrievers, split=split, n=rerank_n,
+                                   run_dir=run_dir, batch_size=batch_size,
+                                   max_instances=max_instances, rankings_out=save_scores,
+                                   index=index, console=console)
     if full:
-        metrics = evaluate_full(net, dataset, split, batch_size=batch_size)
+        if not net.supports_full_ranking:
+            raise ConfigError(f"{net.name} cannot score every item: rank the whole catalogue "
+                              "through a retriever, e.g. --full --retriever lightgcn "
+                              "--rerank-n 100 (docs/serving.md)")
+        metrics = evaluate_full(net, dataset, split, batch_size=batch_size,
+                                max_instances=max_instances)
     else:
         metrics = evaluate(net, dataset, split, batch_size=batch_size, ties=ties,  # type: ignore[arg-type]
                            max_instances=max_instances, scores_out=save_scores,
@@ -89,3 +109,64 @@ def evaluate_run(
         out.write_text(json.dumps(metrics, indent=2))
         console.print(f"wrote {out}")
     return metrics
+
+
+RERANK_METRICS = ("R@1", "R@5", "N@5", "R@10", "N@10", "R@20", "N@20")
+
+
+def evaluate_retrievers(
+    net,
+    dataset,
+    specs: list[str],
+    *,
+    split: str = "test",
+    n: int = 100,
+    run_dir: Path | None = None,
+    batch_size: int = 64,
+    max_instances: int | None = None,
+    rankings_out: Path | None = None,
+    index: str = "exact",
+    console: Console | None = None,
+) -> dict:
+    """Full-catalogue metrics of each retriever alone and of ``net`` reranking its top ``n``,
+    one table (columns ``R@n`` and ``net ∘ R@n``; the row R@n is the rerank's ceiling). A
+    run's results go to ``RUN_DIR/metrics_{split}_rerank.json``; ``rankings_out`` writes the
+    retrieved items and reranked order of every instance (one Parquet file per retriever
+    when there are several: ``NAME.RETRIEVER.parquet``)."""
+    from gensr.eval.rerank import evaluate_rerank, rerank_ks
+    from gensr.retrieve import build_retriever
+
+    console = console or Console()
+    results: dict[str, dict] = {}
+    report: dict[str, dict] = {}
+    for spec in specs:
+        retriever = build_retriever(spec, dataset, run_dir=run_dir, device=net.device,
+                                    index=index)
+        if not any(t in net.tasks for t in retriever.tasks):
+            raise ConfigError(f"{net.name} serves {', '.join(net.tasks)}, the {retriever.name} "
+                              f"retriever {', '.join(retriever.tasks)}: nothing to rerank")
+        out = rankings_out
+        if out is not None and len(specs) > 1:
+            out = Path(out).with_suffix(f".{retriever.name}{Path(out).suffix or '.parquet'}")
+        result = evaluate_rerank(net, retriever, dataset, split, n=n, batch_size=batch_size,
+                                 max_instances=max_instances, rankings_out=out)
+        results[f"{retriever.name}@{n}"] = result.retriever
+        results[f"{net.name} ∘ {retriever.name}@{n}"] = result.rerank or {}
+        report[retriever.name] = {"retriever": retriever.describe(), "n": n,
+                                  "instances": result.instances, "seconds": result.seconds,
+                                  "retriever_metrics": result.retriever,
+                                  "rerank_metrics": result.rerank}
+        console.print(f"{retriever.name}: {result.instances:,} instances, retrieve "
+                      f"{result.seconds['retrieve']:.1f}s, rerank {result.seconds['rerank']:.1f}s"
+                      + (f" -> {out}" if out is not None else ""))
+    ks = rerank_ks(n)
+    shown = tuple(dict.fromkeys(
+        [m for m in RERANK_METRICS if int(m.split("@")[1]) in ks] + [f"R@{n}"]))
+    print_table(results, metrics=shown, title=f"{dataset.name} {split}: full catalogue, "
+                f"{n} retrieved then reranked by {net.name} (R@{n} = the rerank's ceiling)",
+                console=console)
+    if run_dir is not None:
+        path = Path(run_dir) / f"metrics_{split}_rerank.json"
+        path.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {path}")
+    return results

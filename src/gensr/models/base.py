@@ -3,7 +3,10 @@
 * ``loss(batch) -> ModelOutput``: the training objective on a :class:`~gensr.data.Batch`
   whose ``labels`` mark positives among the candidates;
 * ``score(batch) -> (B, C)``: one score per candidate, higher = ranked first;
-* ``score_all(batch) -> (B, n_items + 1)`` (optional): scores of every item, for full ranking.
+* ``score_all(batch) -> (B, n_items + 1)`` (optional): scores of every item, for full ranking;
+* ``query_embedding(batch) -> (B, d)`` and ``item_embeddings() -> (n_items + 1, d)``
+  (optional, for models whose ``score_all`` is their inner product): what a vector index
+  searches (:mod:`gensr.retrieve`).
 
 Run directories follow Hugging Face's ``save_pretrained``/``from_pretrained``: a
 ``model.json`` (model name, config, data fingerprint), ``model.safetensors`` and any
@@ -142,6 +145,16 @@ class SRModel(nn.Module):
     def score_all(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} cannot score every item (no full ranking)")
 
+    def query_embedding(self, batch: Batch) -> torch.Tensor:
+        """(B, d): the query side of an inner-product model, ``score_all(batch) ==
+        query_embedding(batch) @ item_embeddings().T`` (optional; see
+        :attr:`supports_embeddings`)."""
+        raise NotImplementedError(f"{self.name} is not an inner-product model")
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items + 1, d): the item side of an inner-product model (row 0 = padding)."""
+        raise NotImplementedError(f"{self.name} is not an inner-product model")
+
     def add_queries(self, texts: list[str]) -> list[int]:
         """Query ids of ``texts``, for batches built outside the data (serving).
 
@@ -180,6 +193,12 @@ class SRModel(nn.Module):
     @property
     def supports_full_ranking(self) -> bool:
         return type(self).score_all is not SRModel.score_all
+
+    @property
+    def supports_embeddings(self) -> bool:
+        """Whether the model exposes ``query_embedding``/``item_embeddings`` (an index can search
+        its items, exactly or approximately)."""
+        return type(self).query_embedding is not SRModel.query_embedding
 
     @property
     def device(self) -> torch.device:

@@ -1,5 +1,6 @@
 """The HTTP service (FastAPI): ``POST /v1/rank``, ``GET /v1/model``, ``GET /healthz``,
-``GET /metrics``.
+``GET /metrics``, and the full-catalogue routes ``POST /v1/recommend`` and ``POST /v1/search``
+(retrieve, then rerank: the block at the end of this module).
 
 Importing this module needs the ``[serve]`` extra (fastapi, prometheus_client); the rest of
 gensr does not. :func:`create_app` wraps a :class:`~gensr.serve.ranker.Ranker`: requests are
@@ -341,7 +342,8 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None,
                       fingerprint=ranker.data.fingerprint)
     app.state.metrics = metrics
     paths: set[str] = set()
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes,
+                       paths=("/v1/rank", *FULL_PATHS))
     app.add_middleware(ConcurrencyLimit, limit=settings.concurrency, stats=connections)
     app.add_middleware(metrics.middleware, routes=lambda: paths)  # outermost: counts all
 
@@ -391,7 +393,7 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None,
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = str(exc.detail)
-        if exc.status_code == 400 and request.url.path in ("/v1/rank",):
+        if exc.status_code == 400 and request.url.path in ("/v1/rank", *FULL_PATHS):
             # FastAPI's own 400: a body it could not decode (e.g. not UTF-8)
             code, message = "invalid_json", f"the request body is not valid JSON ({message})"
         headers = dict(exc.headers or {})
@@ -436,6 +438,8 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None,
         return {"status": "ok", "model": ranker.model_name, "queued": batcher.queued,
                 "requests": s.requests, "batches": s.batches, "refused": s.refused}
 
+    add_full_catalogue_routes(app, ranker, batcher, guard, errors)
+
     @app.get("/metrics", dependencies=scrape_guard, response_class=Response,
              responses={200: {"content": {"text/plain": {}},
                               "description": "Prometheus text format."}, 401: errors[401]},
@@ -453,3 +457,129 @@ def _version() -> str:
 
     return __version__
 
+
+
+# --- full-catalogue routes: POST /v1/recommend, POST /v1/search --------------------------
+# Retrieve the top rerank_n items of the whole catalogue (gensr.retrieve), rerank them with
+# the model, answer the best top_k with the time each stage took (gensr.serve.full). The
+# requests go through the same validation errors, micro-batcher and API key as /v1/rank.
+FULL_PATHS = ("/v1/recommend", "/v1/search")
+
+
+class FullTimings(BaseModel):
+    retrieve: float = Field(description="Milliseconds retrieving, for the micro-batch the "
+                            "request was scored in.")
+    rerank: float = Field(description="Milliseconds reranking (model scores), same batch.")
+    total: float = Field(description="Milliseconds from the request's arrival to its answer "
+                         "(validation, queueing, both stages).")
+    batch: int = Field(description="Requests scored together with this one (itself included).")
+
+
+class FullResponse(BaseModel):
+    model: str
+    task: Literal["rec", "src"]
+    retriever: str = Field(description="The retriever that proposed the candidates.")
+    n_candidates: int = Field(description="Items retrieved and reranked (<= rerank_n).")
+    ranking: list[ScoredItemOut] = Field(description="The best top_k of them, best first; "
+                                         "ties keep the retrieval order.")
+    timings_ms: FullTimings
+
+
+def _full_request_models(ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The bodies of /v1/recommend and /v1/search, with this service's limits."""
+    from gensr.serve.full import DEFAULT_TOP_K
+
+    lim = ranker.limits
+    strict = ConfigDict(extra="forbid", strict=True)
+    rec_names = ranker.retrievers.names("rec")
+    src_names = ranker.retrievers.names("src")
+
+    class FullHistoryEntry(BaseModel):
+        """One past interaction, oldest first in the list."""
+
+        model_config = strict
+        item: str = Field(max_length=256, description="Original item id (orig_id).")
+        behaviour: Literal["rec", "src"] = Field(
+            "rec", description="rec = recommended/consumed, src = clicked from a search.")
+        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
+                                  description="The search query (src interactions only).")
+
+    items = ranker.example_items(2)
+    users = [u for u in ranker.data.user_orig_id[1:2] if u]
+    queries = ranker.data.query_text[1:2]
+    rec_example: dict[str, Any] = {"history": [{"item": i} for i in items], "top_k": 5}
+    if users:
+        rec_example["user"] = users[0]
+    src_example = {**rec_example, "query": queries[0] if queries else "example query"}
+
+    def fields(names: list[str]) -> dict[str, Any]:
+        return dict(
+            history=(list[FullHistoryEntry], Field(
+                default_factory=list, max_length=lim.max_history,
+                description="The user's interactions, oldest first; the retriever and the "
+                            "reranker each read their own number of the most recent.")),
+            user=(str | None, Field(
+                None, min_length=1, max_length=256,
+                description="Original user id: needed by models/retrievers that read user "
+                            "ids; lightgcn uses the user's vector when given, else the "
+                            "history's mean item vector.")),
+            top_k=(int, Field(DEFAULT_TOP_K, ge=1, le=lim.max_candidates,
+                              description="Items to return (<= rerank_n).")),
+            rerank_n=(int | None, Field(
+                None, ge=1, le=lim.max_candidates,
+                description=f"Items to retrieve and rerank (default {ranker.rerank_n}).")),
+            retriever=(str | None, Field(
+                None, min_length=1, max_length=256,
+                description=f"Retriever name (default: the first of {names or 'none'}).")),
+            keep_consumed=(bool, Field(
+                False, description="Keep the history's items eligible (default: excluded).")),
+        )
+
+    from pydantic import create_model
+
+    recommend = create_model(
+        "RecommendBody", __config__=ConfigDict(extra="forbid", strict=True,
+                                               json_schema_extra={"examples": [rec_example]}),
+        **fields(rec_names))
+    search = create_model(
+        "SearchBody", __config__=ConfigDict(extra="forbid", strict=True,
+                                            json_schema_extra={"examples": [src_example]}),
+        query=(str, Field(min_length=1, max_length=lim.max_query_chars,
+                          description="Search query text.")),
+        **fields(src_names))
+    return recommend, search
+
+
+def add_full_catalogue_routes(app: FastAPI, ranker: Ranker, batcher: MicroBatcher,
+                              guard: list, errors: dict[int | str, dict[str, Any]]) -> None:
+    """Add ``POST /v1/recommend`` and ``POST /v1/search`` to ``app`` (builds the ranker's
+    retrievers now, so that a bad spec fails at start-up, not on the first request)."""
+    import time
+
+    from gensr.serve.full import FullRequest
+
+    RecommendBody, SearchBody = _full_request_models(ranker)  # noqa: N806 - classes
+
+    async def answer(body: Any, query: str | None, started: float) -> dict[str, Any]:
+        request = FullRequest(
+            history=[(h.item, h.behaviour, h.query) for h in body.history], user=body.user,
+            query=query, top_k=body.top_k, rerank_n=body.rerank_n, retriever=body.retriever,
+            keep_consumed=body.keep_consumed)
+        prepared = ranker.prepare_full(request)  # 422 here: nothing is queued
+        result = await batcher.submit(prepared)
+        if isinstance(result, Exception):  # pragma: no cover - the batcher raises these
+            raise result
+        out = {"model": ranker.model_name, **result.to_dict()}
+        out["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 3)
+        return out
+
+    @app.post("/v1/recommend", response_model=FullResponse, dependencies=guard,
+              responses=errors, summary="Recommend from the whole catalogue (retrieve, "
+              "rerank)")
+    async def recommend(body: RecommendBody) -> Any:  # type: ignore[valid-type]
+        return await answer(body, None, time.perf_counter())
+
+    @app.post("/v1/search", response_model=FullResponse, dependencies=guard,
+              responses=errors, summary="Search the whole catalogue (retrieve, rerank)")
+    async def search(body: SearchBody) -> Any:  # type: ignore[valid-type]
+        return await answer(body, body.query, time.perf_counter())

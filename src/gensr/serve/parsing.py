@@ -7,7 +7,8 @@
 * either may be ``@FILE``: a JSON list (of ids, or of ``{"item", "behaviour", "query"}``
   objects / ``[item, behaviour, query]`` lists for histories), or plain text with one
   entry per line in the syntax above (where commas are then allowed in queries);
-* ``--request FILE`` (``-`` = stdin): the JSON body of ``POST /v1/rank``.
+* ``--request FILE`` (``-`` = stdin): the JSON body of ``POST /v1/rank`` (with ``--full``:
+  of ``POST /v1/recommend`` or ``/v1/search``).
 """
 
 from __future__ import annotations
@@ -85,3 +86,26 @@ def load_request(path: str) -> RankRequest:
     return RankRequest(history=body.get("history") or [], candidates=body.get("candidates")
                        or [], query=body.get("query"), top_k=body.get("top_k"),
                        user=body.get("user"))
+
+
+def load_full_request(path: str):
+    """A full-catalogue request from a JSON file (the body of ``POST /v1/recommend`` or, with
+    a query, ``/v1/search``); ``-`` reads stdin."""
+    from gensr.serve.errors import RequestError
+    from gensr.serve.full import full_request_from_mapping
+
+    where = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {where}: {err.strerror}") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: the request must be a JSON object")
+    try:
+        return full_request_from_mapping(body)
+    except RequestError as err:
+        raise ConfigError(f"{where}: {err}") from None

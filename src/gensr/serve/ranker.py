@@ -39,6 +39,12 @@ from gensr.serve.errors import (
     UserRequiredError,
     shown_ids,
 )
+from gensr.serve.full import (
+    DEFAULT_RERANK_N,
+    FullCatalogue,
+    FullRanking,
+    PreparedFullRequest,
+)
 
 REQUEST_FIELDS = ("history", "candidates", "query", "top_k", "user")
 BEHAVIOURS = {"rec": 1, "src": 2}  # the Batch's hist_behaviour codes
@@ -141,14 +147,23 @@ class _Resolved:
     hist_query: list[int] = field(default_factory=list)
 
 
-class Ranker:
-    """Ranks candidates with a loaded model. Thread-safe: scoring is serialised by a lock."""
+class Ranker(FullCatalogue):
+    """Ranks candidates with a loaded model (``rank``), or the whole catalogue through a
+    retriever (``recommend``, ``search``: :mod:`gensr.serve.full`). Thread-safe: scoring is
+    serialised by a lock."""
 
     def __init__(self, model: SRModel, data: SRData, *, limits: Limits | None = None,
                  run_dir: str | Path | None = None, batch_size: int = 64,
-                 precision: str = "auto", fast_path: bool = True) -> None:
+                 precision: str = "auto", fast_path: bool = True,
+                 retrievers: Any = None, rerank_n: int = DEFAULT_RERANK_N,
+                 index: str = "exact") -> None:
         """``precision``/``fast_path``: how GenSR scores (auto: bf16 and the fast path on
-        CUDA, fp32 and the original path on CPU; see :func:`gensr.runs.prepare_inference`)."""
+        CUDA, fp32 and the original path on CPU; see :func:`gensr.runs.prepare_inference`).
+        ``retrievers``: retriever specs (``["lightgcn", "bm25"]``, see
+        :mod:`gensr.retrieve.specs`), built retrievers or a ``RetrieverSet`` for the
+        full-catalogue methods (None: the defaults, built on first use); ``rerank_n`` the
+        items a full-catalogue request retrieves unless it says; ``index`` ``exact`` or
+        ``hnsw`` for dense retrievers."""
         from gensr.runs import prepare_inference
 
         if model.data_fingerprint != data.fingerprint:
@@ -164,18 +179,21 @@ class Ranker:
         self.item_index: dict[str, int] = data.item_index
         self._initial_queries = len(model.known_queries)
         self._lock = threading.RLock()
+        self._init_full(retrievers, rerank_n, index)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, data: SRData | str | Path | None = None,
                  device: str | torch.device | None = None, limits: Limits | None = None,
                  batch_size: int = 64, precision: str = "auto",
-                 fast_path: bool = True) -> Ranker:
+                 fast_path: bool = True, retrievers: Any = None,
+                 rerank_n: int = DEFAULT_RERANK_N, index: str = "exact") -> Ranker:
         """Load ``RUN_DIR``'s model (GenSR or any baseline) and its data (``run.json``)."""
         from gensr.runs import load_run
 
         model, dataset = load_run(run_dir, data, device)
         return cls(model, dataset, limits=limits, run_dir=run_dir, batch_size=batch_size,
-                   precision=precision, fast_path=fast_path)
+                   precision=precision, fast_path=fast_path, retrievers=retrievers,
+                   rerank_n=rerank_n, index=index)
 
     # --- facts --------------------------------------------------------------------------
     @property
@@ -219,6 +237,8 @@ class Ranker:
             "config": config,
             "metrics": metrics,
             "gensr_version": __version__,
+            **({"retrievers": self._retriever_set.describe(), "rerank_n": self.rerank_n}
+               if self._retriever_set is not None else {}),
         }
 
     # --- validation -----------------------------------------------------------------------
@@ -265,7 +285,19 @@ class Ranker:
                                field="top_k")
 
         user = self._user(request.user)
-        history = request.history
+        entries = self._history(request.history)
+        kept = entries[-self.max_his_len:] if self.max_his_len > 0 else []
+        return PreparedRequest(
+            task=TASK_INDEX[task], query=query,
+            hist_item=[self.item_index[e.item] for e in kept],
+            hist_behaviour=[BEHAVIOURS[e.behaviour] for e in kept],
+            hist_query=[e.query for e in kept],
+            candidates=cand, candidate_ids=list(candidates), top_k=top_k, user=user,
+        )
+
+    def _history(self, history: Any) -> list[Interaction]:
+        """The request's history, checked (a list of known interactions, within the limit)."""
+        lim = self.limits
         if isinstance(history, str) or not isinstance(history, Sequence):
             raise RequestError("history must be a list of interactions", field="history")
         if len(history) > lim.max_history:
@@ -276,14 +308,7 @@ class Ranker:
         unknown = [e.item for e in entries if e.item not in self.item_index]
         if unknown:
             raise UnknownItemError("history", list(dict.fromkeys(unknown)))
-        kept = entries[-self.max_his_len:] if self.max_his_len > 0 else []
-        return PreparedRequest(
-            task=TASK_INDEX[task], query=query,
-            hist_item=[self.item_index[e.item] for e in kept],
-            hist_behaviour=[BEHAVIOURS[e.behaviour] for e in kept],
-            hist_query=[e.query for e in kept],
-            candidates=cand, candidate_ids=list(candidates), top_k=top_k, user=user,
-        )
+        return entries
 
     def _user(self, user: Any) -> int:
         """The canonical id of the request's user. Models that read user ids need a known
@@ -385,11 +410,23 @@ class Ranker:
                     raise result
         return out
 
-    def rank_prepared(self, prepared: Sequence[PreparedRequest]
-                      ) -> list[Ranking | Exception]:
+    def rank_prepared(self, prepared: Sequence[PreparedRequest | PreparedFullRequest]
+                      ) -> list[Ranking | FullRanking | Exception]:
         """Score prepared requests in shared batches (grouped by candidate count, at most
-        ``batch_size`` each): a Ranking or the error of each, in order."""
-        results: list[Ranking | Exception | None] = [None] * len(prepared)
+        ``batch_size`` each): a Ranking or the error of each, in order. Full-catalogue
+        requests (:class:`PreparedFullRequest`) are scored by retrieval and reranking."""
+        full = [i for i, p in enumerate(prepared) if isinstance(p, PreparedFullRequest)]
+        if full:
+            results: list = [None] * len(prepared)
+            rest = [i for i in range(len(prepared)) if i not in set(full)]
+            with self._lock:
+                for i, r in zip(full, self._rank_full([prepared[i] for i in full])):  # type: ignore[misc]
+                    results[i] = r
+            if rest:
+                for i, r in zip(rest, self.rank_prepared([prepared[i] for i in rest])):
+                    results[i] = r
+            return results
+        results = [None] * len(prepared)
         with self._lock:
             resolved: list[tuple[int, _Resolved]] = []
             for i, p in enumerate(prepared):

@@ -166,6 +166,9 @@ def serve(
     graceful_timeout: float = 10.0,
     precision: str = "auto",
     fast_path: bool = True,
+    retrievers: list[str] | None = None,
+    rerank_n: int = 100,
+    index: str = "exact",
 ) -> None:
     """Serve ``run_dir``'s model on ``host:port`` until SIGINT/SIGTERM.
 
@@ -176,6 +179,9 @@ def serve(
     ``max_concurrency`` (requests in progress, default ``max_queue + max_batch + 64``),
     ``max_connections``, ``idle_timeout`` and ``read_timeout`` (seconds) bound what clients
     may hold: see :mod:`gensr.serve.protocol` and docs/serving.md.
+    ``retrievers`` (specs; None: lightgcn from the run's CF table for recommendation, bm25
+    for search), ``rerank_n`` and ``index``: the full-catalogue routes ``/v1/recommend`` and
+    ``/v1/search`` (:mod:`gensr.serve.full`).
     """
     for name, value in (("idle_timeout", idle_timeout), ("read_timeout", read_timeout)):
         if not value > 0:
@@ -198,7 +204,8 @@ def serve(
 
     max_connections = fit_connection_limit(max_connections)
     ranker = Ranker.from_run(run_dir, data=data, device=device, limits=limits,
-                             batch_size=max_batch, precision=precision, fast_path=fast_path)
+                             batch_size=max_batch, precision=precision, fast_path=fast_path,
+                             retrievers=retrievers, rerank_n=rerank_n, index=index)
     settings = ServeSettings(api_key=api_key or None, max_batch=max_batch, window_ms=window_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes,
                              max_concurrency=max_concurrency, max_connections=max_connections,

@@ -102,7 +102,8 @@ class BM25Config(ModelConfig):
 
 
 class BM25Scorer(SRModel):
-    """Okapi BM25 between the query and each candidate's text (search only)."""
+    """Okapi BM25 between the query and each candidate's text (search only; on the ``bm25s``
+    library, :class:`gensr.data.bm25.BM25Index`): the stored candidates, or every item."""
 
     name = "bm25"
     config_class = BM25Config
@@ -131,3 +132,8 @@ class BM25Scorer(SRModel):
         for row, qid in enumerate(batch.query.cpu().numpy()):
             out[row] = self.bm25.score(self.query_terms[qid], cands[row])
         return torch.from_numpy(out).to(batch.candidates.device)
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        queries = batch.query.cpu().numpy()
+        scores = self.bm25.scores_many([self.query_terms[q] for q in queries])
+        return torch.from_numpy(scores).to(batch.candidates.device)

@@ -138,7 +138,13 @@ class SASRec(SRModel):
         return torch.einsum("bd,bcd->bc", user, self.item_emb(batch.candidates))
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return self.user_state(batch) @ self.item_emb.weight.T
+        return self.query_embedding(batch) @ self.item_embeddings().T
+
+    def query_embedding(self, batch: Batch) -> torch.Tensor:
+        return self.user_state(batch)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight
 
     def loss(self, batch: Batch) -> ModelOutput:
         if batch.labels is None:

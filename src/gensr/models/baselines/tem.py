@@ -112,7 +112,13 @@ class TEM(WordVocabularyArtifacts, SRModel):
         return torch.einsum("bd,bcd->bc", self.user_query(batch), self.item_emb(batch.candidates))
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return self.user_query(batch) @ self.item_emb.weight.T
+        return self.query_embedding(batch) @ self.item_embeddings().T
+
+    def query_embedding(self, batch: Batch) -> torch.Tensor:
+        return self.user_query(batch)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight
 
     @property
     def reads_user_ids(self) -> bool:

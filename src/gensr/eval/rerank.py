@@ -1,0 +1,214 @@
+"""Full-catalogue evaluation through a retriever: retrieve N, let any model rerank them.
+
+For each evaluation instance the retriever returns the top N items of the whole catalogue,
+never any item the user interacted with in the splits before the evaluated one (valid:
+train; test: train and valid), except the instance's target (the rule of
+:func:`gensr.eval.protocol.evaluate_full`). The reranker scores those N with its ordinary
+``score(batch)``; items outside the N rank below all of them. So a target the retriever
+missed counts 0 at every K <= N, and the retriever's Recall@N is the rerank's ceiling.
+The retriever's own order (its scores) is reported beside it, from the same retrieval.
+
+Nothing here knows a model or a retriever beyond their interfaces (``score`` and
+``retrieve``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from gensr.data.batching import TASK_INDEX, Batch, InstanceTable
+from gensr.data.dataset import SRData
+from gensr.eval.metrics import KS, rank_metrics
+from gensr.eval.protocol import Metrics, full_instances, masked_pairs, seen_before
+from gensr.models.base import SRModel
+from gensr.progress import progress as progress_bar
+from gensr.retrieve.base import Exclusion, Retrieved, Retriever
+
+
+def rerank_ks(n: int, ks: tuple[int, ...] = KS) -> tuple[int, ...]:
+    """The cut-offs reported with N retrieved: those of ``ks`` up to N, then N itself."""
+    return tuple(k for k in ks if k < n) + (n,)
+
+
+@dataclass
+class RerankResult:
+    """Metrics per task of the retriever alone and of the reranker over its N (None without
+    a reranker), with the seconds each stage took over the whole split."""
+
+    retriever: Metrics
+    rerank: Metrics | None
+    n: int
+    instances: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _metrics(scores: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+             ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per-instance metrics of a (B, N) ranking of ``items`` (0 = padding) by ``scores``,
+    for ``target`` items; a target not among the items ranks below all N (0 at every K)."""
+    scores = scores.float().masked_fill(items <= 0, float("-inf"))
+    found = items == target[:, None]
+    present = found.any(1)
+    pos = found.float().argmax(1)
+    metrics = rank_metrics(scores, pos, ks=ks)
+    return {k: torch.where(present, v, torch.zeros_like(v)) for k, v in metrics.items()}
+
+
+def rerank_batch(model: SRModel, batch: Batch, got: Retrieved) -> torch.Tensor:
+    """(B, N') reranker scores of the retrieved items (``-inf`` at padding); N' = the widest
+    row (all-padding columns are not scored)."""
+    width = int(got.counts().max()) if len(got.items) else 0
+    width = max(width, 1)
+    cands = got.items[:, :width].to(batch.user.device)
+    scores = model.score(_with_candidates(batch, cands)).float()
+    return scores.masked_fill(cands <= 0, float("-inf"))
+
+
+def _with_candidates(batch: Batch, candidates: torch.Tensor) -> Batch:
+    return Batch(user=batch.user, task=batch.task, query=batch.query, hist_item=batch.hist_item,
+                 hist_behaviour=batch.hist_behaviour, hist_query=batch.hist_query,
+                 candidates=candidates)
+
+
+@torch.no_grad()
+def evaluate_rerank(
+    model: SRModel | None,
+    retriever: Retriever,
+    data: SRData,
+    split: str = "test",
+    *,
+    n: int = 100,
+    batch_size: int = 64,
+    tasks: tuple[str, ...] | None = None,
+    ks: tuple[int, ...] = KS,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    max_instances: int | None = None,
+    seed: int = 0,
+    rankings_out: str | Path | None = None,
+) -> RerankResult:
+    """Retrieve ``n`` items per instance of ``split`` with ``retriever`` and rerank them with
+    ``model`` (None: the retriever alone); metrics per task at ``rerank_ks(n)``.
+
+    Tasks: those the retriever (and the model) serve, of ``tasks``. ``max_instances`` takes
+    the same seeded subset as :func:`gensr.eval.protocol.evaluate`. ``rankings_out`` writes
+    every instance's retrieved items and reranked order (Parquet; :func:`write_rankings`).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    served = [t for t in (tasks or ("rec", "src")) if t in retriever.tasks
+              and (model is None or t in model.tasks)]
+    ks = rerank_ks(n, ks)
+    table, targets = full_instances(data, split, tuple(served), max_instances, seed)
+    seen = seen_before(data, split)
+    if model is not None:
+        was_training = model.training
+        model.eval()
+        device = torch.device(device) if device is not None else model.device
+    else:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    parts: dict[str, dict[str, dict[str, list[torch.Tensor]]]] = {
+        who: {t: {} for t in TASK_INDEX} for who in ("retriever", "rerank")}
+    saved: list[dict] = []
+    seconds = {"retrieve": 0.0, "rerank": 0.0}
+    ret_len = retriever.max_his_len
+    model_len = model.config.max_his_len if model is not None else 0
+    for start in progress_bar(range(0, len(table), batch_size),
+                              desc=f"{retriever.name}"
+                                   f"{'' if model is None else ' → ' + model.name} {split}",
+                              enabled=progress, leave=False):
+        idx = np.arange(start, min(start + batch_size, len(table)))
+        target = torch.from_numpy(targets[idx]).to(device)
+        rows, items = masked_pairs(seen, table.user[idx], targets[idx])
+        t0 = time.perf_counter()
+        rbatch = table.make_batch(data, idx, ret_len).to(device)
+        got = retriever.retrieve(rbatch, n, Exclusion(rows, items))
+        got = Retrieved(got.items.to(device), got.scores.to(device))
+        t1 = time.perf_counter()
+        seconds["retrieve"] += t1 - t0
+        _collect(parts["retriever"], _metrics(got.scores, got.items, target, ks), rbatch.task)
+        reranked = None
+        if model is not None:
+            mbatch = table.make_batch(data, idx, model_len).to(device)
+            scores = rerank_batch(model, mbatch, got)
+            width = scores.shape[1]
+            _collect(parts["rerank"], _metrics(scores, got.items[:, :width], target, ks),
+                     mbatch.task)
+            reranked = scores
+            seconds["rerank"] += time.perf_counter() - t1
+        if rankings_out is not None:
+            saved.extend(_ranking_rows(table, idx, targets, got, reranked))
+    if model is not None and was_training:
+        model.train()
+    if rankings_out is not None:
+        write_rankings(saved, rankings_out)
+    summary = {who: _summary(per, ks) for who, per in parts.items()}
+    return RerankResult(retriever=summary["retriever"],
+                        rerank=summary["rerank"] if model is not None else None,
+                        n=n, instances=len(table),
+                        seconds={k: round(v, 3) for k, v in seconds.items()})
+
+
+def _collect(into: dict[str, dict[str, list[torch.Tensor]]],
+             metrics: dict[str, torch.Tensor], task: torch.Tensor) -> None:
+    for name, index in TASK_INDEX.items():
+        sel = task == index
+        if bool(sel.any()):
+            for metric, values in metrics.items():
+                into[name].setdefault(metric, []).append(values[sel].cpu())
+
+
+def _summary(per_task: dict[str, dict[str, list[torch.Tensor]]], ks: tuple[int, ...]
+             ) -> Metrics:
+    out: Metrics = {}
+    names = [f"{m}@{k}" for k in ks for m in ("R", "N")]
+    for task, parts in per_task.items():
+        if not parts:
+            continue
+        row = {name: float(torch.cat(parts[name]).mean()) for name in names}
+        row["n"] = int(sum(len(p) for p in parts[names[0]]))
+        out[task] = row
+    return out
+
+
+def _ranking_rows(table: InstanceTable, idx: np.ndarray, targets: np.ndarray,
+                  got: Retrieved, reranked: torch.Tensor | None) -> list[dict]:
+    items = got.items.cpu().numpy()
+    rscores = got.scores.cpu().numpy()
+    rows = []
+    for j, i in enumerate(idx):
+        valid = items[j] > 0
+        row = {"instance_id": int(table.instance_id[i]) if table.instance_id is not None
+               else -1, "user_id": int(table.user[i]),
+               "task": "rec" if table.task[i] == 0 else "src",
+               "target_item": int(targets[i]),
+               "retrieved": items[j][valid].tolist(),
+               "retrieval_scores": rscores[j][valid].astype(np.float32).tolist()}
+        if reranked is not None:
+            s = reranked[j].cpu().numpy()
+            k = len(s)
+            cand = items[j][:k]
+            ok = cand > 0
+            order = np.argsort(-s[ok], kind="stable")
+            row["ranking"] = cand[ok][order].tolist()
+            row["scores"] = s[ok][order].astype(np.float32).tolist()
+        rows.append(row)
+    return rows
+
+
+def write_rankings(rows: list[dict], path: str | Path) -> None:
+    """One row per instance: ``instance_id``, ``user_id``, ``task``, ``target_item``,
+    ``retrieved`` (item ids in retrieval order) with ``retrieval_scores``, and with a
+    reranker ``ranking`` (the same items best first) with its ``scores``."""
+    schema = {"instance_id": pl.Int64, "user_id": pl.Int64, "task": pl.Utf8,
+              "target_item": pl.Int64, "retrieved": pl.List(pl.Int64),
+              "retrieval_scores": pl.List(pl.Float32)}
+    if rows and "ranking" in rows[0]:
+        schema.update({"ranking": pl.List(pl.Int64), "scores": pl.List(pl.Float32)})
+    pl.DataFrame(rows, schema=schema).write_parquet(path)
