@@ -71,3 +71,35 @@ def write_tiny_run(name: str, data, root: Path, cf_path: Path | None = None, **v
     (run / "run.json").write_text(json.dumps({"model": name,
                                               "data_dir": str(Path(data.path).resolve())}))
     return run
+
+
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from gensr.models.base import ModelConfig, SRModel  # noqa: E402
+
+
+class SeenThenTarget(SRModel):
+    """A full-ranking scorer for the masking tests: 2 for the user's items of ``favoured``
+    splits, 1 for the instance's target (looked up by user and task; the tiny data has one
+    instance per pair), else 0."""
+
+    name = "seen-then-target"
+    trainable = False
+
+    def __init__(self, data, split, favoured):
+        super().__init__(ModelConfig(), data)
+        frame = data.candidates(split)
+        self.target = {(u, 0 if t == "rec" else 1): i for u, t, i in
+                       zip(frame["user_id"], frame["task"], frame["target_item"])}
+        rows = data.interactions.filter(pl.col("split").is_in(favoured))
+        self.seen: dict[int, list[int]] = {}
+        for u, i in zip(rows["user_id"], rows["item_id"]):
+            self.seen.setdefault(u, []).append(i)
+
+    def score_all(self, batch):
+        out = torch.zeros(len(batch), self.n_items + 1)
+        for row, (u, t) in enumerate(zip(batch.user.tolist(), batch.task.tolist())):
+            out[row, self.target[(u, t)]] = 1.0
+            out[row, self.seen.get(u, [])] = 2.0
+        return out

@@ -12,6 +12,7 @@ from gensr.data.batching import TrainSampler, eval_instances
 from gensr.eval import evaluate
 from gensr.models import model_class
 from gensr.models.base import ModelConfig, SRModel
+from helpers import SeenThenTarget
 
 
 def _scorer(name, data):
@@ -104,7 +105,6 @@ def test_reference_scorers_on_synthetic(synthetic_data_dir):
 def test_history_and_query_carry_signal(synthetic_data_dir):
     """A scorer that reads the history's categories beats popularity on rec, and adding the
     query (BM25) beats it on search: the synthetic world has real structure."""
-    from gensr.models.base import ModelConfig, SRModel
 
     data = load_data(synthetic_data_dir)
     cats = {c: i + 1 for i, c in enumerate(sorted(set(data.item_category[1:])))}
@@ -136,36 +136,11 @@ def test_history_and_query_carry_signal(synthetic_data_dir):
     assert both["src"]["N@10"] > bm["src"]["N@10"]
 
 
-class _SeenThenTarget(SRModel):
-    """Scores every item: 2 for the user's items of ``favoured`` splits, 1 for the instance's
-    target (looked up by user and task; the tiny data has one instance per pair), else 0."""
-
-    name = "seen-then-target"
-    trainable = False
-
-    def __init__(self, data, split, favoured):
-        super().__init__(ModelConfig(), data)
-        frame = data.candidates(split)
-        self.target = {(u, 0 if t == "rec" else 1): i for u, t, i in
-                       zip(frame["user_id"], frame["task"], frame["target_item"])}
-        rows = data.interactions.filter(pl.col("split").is_in(favoured))
-        self.seen: dict[int, list[int]] = {}
-        for u, i in zip(rows["user_id"], rows["item_id"]):
-            self.seen.setdefault(u, []).append(i)
-
-    def score_all(self, batch):
-        out = torch.zeros(len(batch), self.n_items + 1)
-        for row, (u, t) in enumerate(zip(batch.user.tolist(), batch.task.tolist())):
-            out[row, self.target[(u, t)]] = 1.0
-            out[row, self.seen.get(u, [])] = 2.0
-        return out
-
-
 def test_full_ranking_masks_train_and_valid_items_at_test(tiny_data):
     from gensr.eval import evaluate_full
 
     # the user's train and valid items outscore the target: masked, the target is first
-    model = _SeenThenTarget(tiny_data, "test", ["train", "valid"])
+    model = SeenThenTarget(tiny_data, "test", ["train", "valid"])
     full = evaluate_full(model, tiny_data, "test", progress=False)
     assert set(full) == {"rec", "src"}
     for task in ("rec", "src"):
@@ -178,10 +153,10 @@ def test_full_ranking_at_valid_masks_train_only(tiny_data):
     from gensr.eval import evaluate_full
 
     # at valid the user's test items are the future: not masked, they outrank the target
-    model = _SeenThenTarget(tiny_data, "valid", ["test"])
+    model = SeenThenTarget(tiny_data, "valid", ["test"])
     full = evaluate_full(model, tiny_data, "valid", progress=False)
     assert full["rec"]["R@1"] < 0.8
-    model = _SeenThenTarget(tiny_data, "valid", ["train"])
+    model = SeenThenTarget(tiny_data, "valid", ["train"])
     assert evaluate_full(model, tiny_data, "valid", progress=False)["rec"]["R@1"] == (
         pytest.approx(1.0))
 

@@ -14,34 +14,9 @@ from gensr.eval.rerank import evaluate_rerank, rerank_ks
 from gensr.models.base import ModelConfig, SRModel
 from gensr.retrieve import build_retriever
 from gensr.retrieve.retrievers import ScoringRetriever
-from helpers import run_gensr, write_tiny_run
+from helpers import SeenThenTarget, run_gensr, write_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class _SeenThenTarget(SRModel):
-    """Scores every item: 2 for the user's items of ``favoured`` splits, 1 for the instance's
-    target (by user and task: one instance per pair in the tiny data), else 0."""
-
-    name = "seen-then-target"
-    trainable = False
-
-    def __init__(self, data, split, favoured):
-        super().__init__(ModelConfig(), data)
-        frame = data.candidates(split)
-        self.target = {(u, 0 if t == "rec" else 1): i for u, t, i in
-                       zip(frame["user_id"], frame["task"], frame["target_item"])}
-        rows = data.interactions.filter(pl.col("split").is_in(favoured))
-        self.seen: dict[int, list[int]] = {}
-        for u, i in zip(rows["user_id"], rows["item_id"]):
-            self.seen.setdefault(u, []).append(i)
-
-    def score_all(self, batch):
-        out = torch.zeros(len(batch), self.n_items + 1)
-        for row, (u, t) in enumerate(zip(batch.user.tolist(), batch.task.tolist())):
-            out[row, self.target[(u, t)]] = 1.0
-            out[row, self.seen.get(u, [])] = 2.0
-        return out
 
 
 class _Reverse(SRModel):
@@ -64,7 +39,7 @@ def runs(tiny_data, tiny_cf_path, tmp_path_factory):
 
 def test_retrieval_masks_earlier_splits_never_the_target(tiny_data, tmp_path):
     # the user's train and valid items outscore the target: never retrieved at test
-    retriever = ScoringRetriever("seen", _SeenThenTarget(tiny_data, "test", ["train", "valid"]))
+    retriever = ScoringRetriever("seen", SeenThenTarget(tiny_data, "test", ["train", "valid"]))
     out = tmp_path / "r.parquet"
     res = evaluate_rerank(None, retriever, tiny_data, "test", n=5, progress=False,
                           rankings_out=out)
@@ -84,10 +59,10 @@ def test_retrieval_masks_earlier_splits_never_the_target(tiny_data, tmp_path):
     assert len(frame) == tiny_data.candidates("test").height
     assert target_was_seen > 0  # targets the user had before: retrieved all the same
     # at valid only train items are masked: the user's test items outrank the target
-    retriever = ScoringRetriever("seen", _SeenThenTarget(tiny_data, "valid", ["test"]))
+    retriever = ScoringRetriever("seen", SeenThenTarget(tiny_data, "valid", ["test"]))
     res = evaluate_rerank(None, retriever, tiny_data, "valid", n=5, progress=False)
     assert res.retriever["rec"]["R@1"] < 0.8
-    retriever = ScoringRetriever("seen", _SeenThenTarget(tiny_data, "valid", ["train"]))
+    retriever = ScoringRetriever("seen", SeenThenTarget(tiny_data, "valid", ["train"]))
     res = evaluate_rerank(None, retriever, tiny_data, "valid", n=5, progress=False)
     assert res.retriever["rec"]["R@1"] == pytest.approx(1.0)
 

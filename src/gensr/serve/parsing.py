@@ -66,8 +66,8 @@ def parse_candidates(spec: str) -> list[Any]:
     return [p.strip() for p in parts]
 
 
-def load_request(path: str) -> RankRequest:
-    """A request from a JSON file (the body of ``POST /v1/rank``); ``-`` reads stdin."""
+def _read_json_body(path: str) -> tuple[str, dict]:
+    """(where, the JSON object) of a request file; ``-`` reads stdin."""
     where = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -79,6 +79,12 @@ def load_request(path: str) -> RankRequest:
         raise ConfigError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: the request must be a JSON object")
+    return where, body
+
+
+def load_request(path: str) -> RankRequest:
+    """A request from a JSON file (the body of ``POST /v1/rank``); ``-`` reads stdin."""
+    where, body = _read_json_body(path)
     extra = set(body) - set(REQUEST_FIELDS)
     if extra:
         raise ConfigError(f"{where}: unknown field(s) {sorted(extra)}; expected "
@@ -94,17 +100,7 @@ def load_full_request(path: str):
     from gensr.serve.errors import RequestError
     from gensr.serve.full import full_request_from_mapping
 
-    where = "stdin" if path == "-" else path
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read {where}: {err.strerror}") from None
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{where}: not valid JSON ({err})") from None
-    if not isinstance(body, dict):
-        raise ConfigError(f"{where}: the request must be a JSON object")
+    where, body = _read_json_body(path)
     try:
         return full_request_from_mapping(body)
     except RequestError as err:
