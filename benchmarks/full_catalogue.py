@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import cpu_snapshot, free_port  # noqa: E402
+from serve_load import cpu_snapshot, free_port, launch_server  # noqa: E402
 
 QUALITY_METRICS = ("R@5", "N@5", "R@10", "N@10", "R@20", "N@20")
 
@@ -188,20 +188,7 @@ def start_server(runs: dict[str, Path], args: argparse.Namespace, log: Path
            args.device, "--log-level", "warning", "--max-batch", str(args.max_batch),
            *[x for s in specs for x in ("--retriever", s)],
            *(["--threads", str(args.threads)] if args.threads else [])]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"server not ready:\n{log.read_text()}")
+    return launch_server(cmd, port, log, timeout=300)
 
 
 async def load_level(url: str, path: str, bodies: list[dict], concurrency: int,

@@ -117,9 +117,16 @@ def start_server(run: Path, args: argparse.Namespace, log: Path) -> tuple[subpro
            "--max-batch", str(args.max_batch), "--window-ms", str(args.window_ms),
            "--max-queue", str(args.max_queue), "--log-level", "warning",
            *(["--threads", str(args.threads)] if args.threads else [])]
+    return launch_server(cmd, port, log, timeout=180)
+
+
+def launch_server(cmd: list[str], port: int, log: Path, timeout: float
+                  ) -> tuple[subprocess.Popen, str]:
+    """Start ``cmd`` (a ``gensr serve`` on ``port``) with its output in ``log`` and wait until
+    ``/healthz`` answers 200; exits with the log when the server dies or is not ready."""
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited:\n{log.read_text()}")

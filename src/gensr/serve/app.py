@@ -12,6 +12,7 @@ queue and scored in micro-batches (:class:`~gensr.serve.batcher.MicroBatcher`). 
 """
 
 
+import functools
 import hmac
 import logging
 from collections.abc import Callable
@@ -107,20 +108,28 @@ class HealthResponse(BaseModel):
     refused: int
 
 
-def _request_model(ranker: Ranker) -> type[BaseModel]:
-    """The request body schema, with this service's limits and catalogue examples."""
-    lim = ranker.limits
-    strict = ConfigDict(extra="forbid", strict=True)
+@functools.cache
+def _history_entry_model(max_query_chars: int) -> type[BaseModel]:
+    """The schema of one history entry (every request body's ``history`` list): one class
+    per query-length limit, so that every route of an app shares it."""
 
     class HistoryEntry(BaseModel):
         """One past interaction, oldest first in the list."""
 
-        model_config = strict
+        model_config = ConfigDict(extra="forbid", strict=True)
         item: str = Field(max_length=256, description="Original item id (orig_id).")
         behaviour: Literal["rec", "src"] = Field(
             "rec", description="rec = recommended/consumed, src = clicked from a search.")
-        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
+        query: str | None = Field(None, min_length=1, max_length=max_query_chars,
                                   description="The search query (src interactions only).")
+
+    return HistoryEntry
+
+
+def _request_model(ranker: Ranker) -> type[BaseModel]:
+    """The request body schema, with this service's limits and catalogue examples."""
+    lim = ranker.limits
+    HistoryEntry = _history_entry_model(lim.max_query_chars)
 
     items = ranker.example_items(5)
     queries = ranker.data.query_text[1:2]
@@ -490,19 +499,10 @@ def _full_request_models(ranker: Ranker) -> tuple[type[BaseModel], type[BaseMode
     from gensr.serve.full import DEFAULT_TOP_K
 
     lim = ranker.limits
-    strict = ConfigDict(extra="forbid", strict=True)
     rec_names = ranker.retrievers.names("rec")
     src_names = ranker.retrievers.names("src")
 
-    class FullHistoryEntry(BaseModel):
-        """One past interaction, oldest first in the list."""
-
-        model_config = strict
-        item: str = Field(max_length=256, description="Original item id (orig_id).")
-        behaviour: Literal["rec", "src"] = Field(
-            "rec", description="rec = recommended/consumed, src = clicked from a search.")
-        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
-                                  description="The search query (src interactions only).")
+    FullHistoryEntry = _history_entry_model(lim.max_query_chars)
 
     items = ranker.example_items(2)
     users = [u for u in ranker.data.user_orig_id[1:2] if u]
