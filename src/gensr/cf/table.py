@@ -49,13 +49,21 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The SHA-256 of a file's bytes (hex), read in chunks. Remembered per (path, inode, size,
+    mtime), so loading a run (pin check, then the model build) reads a large table once."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def copy_table(source: str | Path, dest: str | Path) -> None:
