@@ -434,3 +434,30 @@ def test_committed_compare_configs(tmp_path):
     assert compare_mod.check_windows(old_plans, allow=True) is False  # flagged, not refused
     with pytest.raises(ConfigError, match="different history windows"):
         compare_mod.check_windows(old_plans, allow=False)
+
+
+def test_named_variants_are_columns_of_their_own(tmp_path, tiny_data_dir):
+    """`models.NAME.type: MODEL`: a second configuration of a model (gensr-paper beside gensr),
+    trained into OUT/NAME/seedS and tabulated as its own column."""
+    doc = {**TINY, "models": {"sasrec": TINY["models"]["sasrec"],
+                              "sasrec-wide": {"type": "sasrec",
+                                              "model": {"hidden": 24, "n_layers": 1}}}}
+    out = tmp_path / "cmp"
+    report = compare(tiny_data_dir, "sasrec,sasrec-wide,pop", out,
+                     config_path=_yaml(tmp_path / "v.yaml", doc), progress=False, log=_quiet)
+    assert report["models"]["sasrec-wide"]["model"] == "sasrec"
+    wide = json.loads((out / "sasrec-wide" / "seed0" / "run.json").read_text())
+    assert wide["model"] == "sasrec" and wide["model_config"]["hidden"] == 24
+    assert report["models"]["sasrec"]["runs"][0]["metrics"] != \
+        report["models"]["sasrec-wide"]["runs"][0]["metrics"]
+    header = next(line for line in (out / "compare.md").read_text().splitlines()
+                  if line.startswith("| task"))
+    assert "sasrec-wide" in header
+    for bad, message in (({"sasrec-x": {"type": "nope"}}, "unknown model 'nope'"),
+                         ({"pop": {"type": "sasrec"}}, "no model's own name"),
+                         ({"a b": {"type": "sasrec"}}, "plain name")):
+        with pytest.raises(ConfigError, match=message):
+            compare(tiny_data_dir, "pop", tmp_path / "bad",
+                    config_path=_yaml(tmp_path / "bad.yaml", {"models": bad}), log=_quiet)
+    with pytest.raises(ConfigError, match="unknown model"):  # a variant needs its config
+        compare(tiny_data_dir, "sasrec-wide", tmp_path / "bad", log=_quiet)

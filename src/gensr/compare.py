@@ -30,6 +30,8 @@ The YAML file (``--config``)::
       train: {...}            # TrainConfig fields for every trained model
     models:
       NAME:                   # a registered model name; entries not in --models are ignored
+        type: MODEL           # only for a variant: NAME is then a column of its own (e.g.
+                              # gensr-paper beside gensr), configuring registered model MODEL
         model: {...}          # fields of the model's config class
         train: {...}          # TrainConfig fields, over the defaults
     eval:
@@ -57,6 +59,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,6 +187,8 @@ class CompareConfig:
 
     default_train: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # a column name that is not a registered model -> the registered model it configures
+    variants: dict[str, str] = field(default_factory=dict)
     eval: EvalSettings = field(default_factory=EvalSettings)
     cf: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] | None = None
@@ -216,15 +221,23 @@ def load_compare_config(path: str | Path | None) -> CompareConfig:
         raise ConfigError(f"{path}: defaults takes only 'train:' (got {bad}); model "
                           "settings go under models.NAME.model")
     models: dict[str, dict[str, dict[str, Any]]] = {}
+    variants: dict[str, str] = {}
     for name, entry in _mapping(doc.get("models"), f"{path}: models").items():
-        if name not in MODELS:
-            raise ConfigError(f"{path}: models.{name}: unknown model; available: "
-                              f"{', '.join(MODELS)}")
         entry = _mapping(entry, f"{path}: models.{name}")
-        bad = sorted(set(entry) - {"model", "train"})
+        kind = entry.get("type", name)
+        if kind not in MODELS:
+            raise ConfigError(f"{path}: models.{name}: unknown model {kind!r} (a column that "
+                              "is not a model's name needs `type: MODEL`); available: "
+                              f"{', '.join(MODELS)}")
+        if name != kind:
+            if name in MODELS or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
+                raise ConfigError(f"{path}: models.{name}: a variant's name must be a plain "
+                                  "name (letters, digits, - _ .) that is no model's own name")
+            variants[str(name)] = kind
+        bad = sorted(set(entry) - {"model", "train", "type"})
         if bad:
             raise ConfigError(f"{path}: models.{name}: unknown key(s) {bad}; expected "
-                              "'model:' and 'train:'")
+                              "'type:', 'model:' and 'train:'")
         models[name] = {s: dict(_mapping(entry.get(s), f"{path}: models.{name}.{s}"))
                         for s in ("model", "train")}
     settings = update_config(EvalSettings(), _mapping(doc.get("eval"), f"{path}: eval"),
@@ -247,7 +260,7 @@ def load_compare_config(path: str | Path | None) -> CompareConfig:
                           f"{allow!r}")
     return CompareConfig(default_train=dict(_mapping(defaults.get("train"),
                                                      f"{path}: defaults.train")),
-                         models=models, eval=settings,
+                         models=models, variants=variants, eval=settings,
                          cf=dict(_mapping(doc.get("cf"), f"{path}: cf")),
                          seeds=parse_seeds(doc.get("seeds"), f"{path}: seeds"),
                          history_window=window, allow_different_windows=allow,
@@ -275,16 +288,19 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int] | None:
     return seeds
 
 
-def parse_models(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"gensr,unisar"`` -> ``["gensr", "unisar"]``, checked against the registry."""
+def parse_models(spec: str | list[str] | tuple[str, ...],
+                 variants: dict[str, str] | None = None) -> list[str]:
+    """``"gensr,unisar"`` -> ``["gensr", "unisar"]``, checked against the registry and the
+    ``--config``'s named variants (``models.NAME.type``)."""
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]
     if not names:
         raise ConfigError("--models names no model")
-    unknown = [n for n in names if n not in MODELS]
+    known = [*MODELS, *(variants or {})]
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"--models: unknown model(s) {unknown}; available: "
-                          f"{', '.join(MODELS)}")
+                          f"{', '.join(known)}")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"--models lists {dupes} more than once")
@@ -295,15 +311,23 @@ def parse_models(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 class ModelPlan:
     """One model's settings as compare will train it (before the seed is applied)."""
 
-    name: str
+    name: str  # the column (a model's name, or a variant's)
     model_values: dict[str, Any]
     train_values: dict[str, Any]
     model_config: ModelConfig
     train_config: TrainConfig
+    kind: str = ""  # the registered model (= name unless a variant)
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
+
+    @property
+    def cls(self) -> type:
+        return model_class(self.kind)
 
     @property
     def trainable(self) -> bool:
-        return model_class(self.name).trainable
+        return self.cls.trainable
 
     @property
     def seeded(self) -> bool:
@@ -314,7 +338,7 @@ class ModelPlan:
     def window(self) -> int | None:
         """The history window: ``max_his_len`` interactions (rows of the canonical log, the
         unit of every model's ``max_his_len``); None for models that read no history."""
-        if not model_class(self.name).reads_history:
+        if not self.cls.reads_history:
             return None
         return int(self.model_config.max_his_len)
 
@@ -333,7 +357,8 @@ def _field_names(cls: type) -> list[str]:
 def plan_model(name: str, config: CompareConfig, cf_path: Path | None) -> ModelPlan:
     """The model and train settings of ``name`` (YAML defaults < model entry < ``--cf``;
     ``history_window`` under the model entry, ``validation`` over everything)."""
-    cls = model_class(name)
+    kind = config.variants.get(name, name)
+    cls = model_class(kind)
     entry = config.models.get(name, {"model": {}, "train": {}})
     model_values = dict(entry["model"])
     if config.history_window is not None and cls.reads_history:
@@ -350,7 +375,7 @@ def plan_model(name: str, config: CompareConfig, cf_path: Path | None) -> ModelP
         model_values["cf_path"] = str(cf_path)
     model_config = update_config(cls.config_class(), model_values, prefix=f"models.{name}.model.")
     train_config = update_config(TrainConfig(), train_values, prefix=f"models.{name}.train.")
-    return ModelPlan(name, model_values, train_values, model_config, train_config)
+    return ModelPlan(name, model_values, train_values, model_config, train_config, kind)
 
 
 def check_windows(plans: list[ModelPlan], allow: bool) -> bool:
@@ -411,13 +436,13 @@ def ensure_run(plan: ModelPlan, seed: int, run_dir: Path, data: SRData, *,
         train_values["seed"] = seed
     elif plan.seeded:
         model_values["seed"] = seed
-    cls = model_class(plan.name)
+    cls = plan.cls
     wanted_model = dataclasses.asdict(update_config(cls.config_class(), model_values))
     wanted_train = dataclasses.asdict(update_config(TrainConfig(), train_values))
     info = read_run_info(run_dir)
     if info:
-        if info.get("model") != plan.name:
-            raise RunError(f"{run_dir} holds a {info.get('model')} run, not {plan.name}")
+        if info.get("model") != plan.kind:
+            raise RunError(f"{run_dir} holds a {info.get('model')} run, not {plan.kind}")
         if info.get("data_fingerprint") != data.fingerprint:
             raise RunError(f"{run_dir} was trained on data {info.get('data_fingerprint')}, "
                            f"but {data.path} is {data.fingerprint}: use another --out")
@@ -443,7 +468,7 @@ def ensure_run(plan: ModelPlan, seed: int, run_dir: Path, data: SRData, *,
         remove_owned(run_dir, "run", RunError, {"data directory": data.path})
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
     _write_run_yaml(config_file, model_values, train_values)
-    info = train_run(run_dir, plan.name, data.path, config_path=config_file, device=device,
+    info = train_run(run_dir, plan.kind, data.path, config_path=config_file, device=device,
                      log=log)
     return ("trained" if plan.trainable else "built"), info
 
@@ -769,18 +794,18 @@ def _servable(names: list[str], plans: list[ModelPlan], data: SRData, table: Ins
     for task in TASK_INDEX:
         for where, present in ((f"{split} split", evaluated), ("training split", trained),
                                ("valid split", validated)):
-            if task not in present and any(task in model_class(n).tasks for n in names):
+            if task not in present and any(task in p.cls.tasks for p in plans):
                 what = "interactions" if where == "training split" else "instances"
                 log(f"warning: the {where} has no {task} {what}")
     kept: list[tuple[str, ModelPlan]] = []
     for name, plan in zip(names, plans):
-        usable = evaluated & set(model_class(name).tasks)
+        usable = evaluated & set(plan.cls.tasks)
         if plan.trainable:
             usable &= trained & validated
         if usable:
             kept.append((name, plan))
         else:
-            log(f"warning: {name} serves only {', '.join(model_class(name).tasks)}, which the "
+            log(f"warning: {name} serves only {', '.join(plan.cls.tasks)}, which the "
                 "data cannot train or evaluate: left out")
     if not kept:
         raise DataError(f"{data.path}: none of the models {names} can be trained and "
@@ -815,11 +840,11 @@ def compare(
 
     Returns the report written to ``OUT/compare[.STRATEGY].json``."""
     started = time.time()
-    names = parse_models(models)
     resolve_precision(precision, pick_device(device))  # a bad value fails before any training
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     config = load_compare_config(config_path)
+    names = parse_models(models, config.variants)
     if max_instances is not None:
         config.eval = dataclasses.replace(config.eval, max_instances=max_instances)
     if candidates is not None:
@@ -900,7 +925,7 @@ def compare(
                          "eval_cached": ev.cached, "metrics": ev.metrics})
         mean, std = summarise(runs)
         seed_values[name] = seed_means(evals, table.task)
-        report_models[name] = {"tasks": list(model_class(name).tasks),
+        report_models[name] = {"tasks": list(plan.cls.tasks), "model": plan.kind,
                                "trainable": plan.trainable, "seeds": model_seeds,
                                "history_window": windows.get(name),
                                "runs": runs, "mean": mean, "std": std}

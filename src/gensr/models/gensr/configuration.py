@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig
+
+CANDIDATE_TEXT_FIELDS = ("text", "category", "category+text")
 
 # Prompt templates. Vector slots: {cf_history} {sem_history} {cf_candidate} {sem_candidate};
 # text slots: {query} (search only), {items} / {item} (the domain noun, plural / singular).
@@ -60,6 +63,12 @@ class GenSRConfig(ModelConfig):
     backbone's own weights.
     """
 
+    def check(self) -> None:
+        if self.candidate_text_field not in CANDIDATE_TEXT_FIELDS:
+            raise ConfigError(f"model.candidate_text_field must be one of "
+                              f"{', '.join(CANDIDATE_TEXT_FIELDS)}, got "
+                              f"{self.candidate_text_field!r}")
+
     backbone: str = "google/flan-t5-base"
     backbone_gguf_file: str = ""  # a GGUF file inside the `backbone` directory (dequantised)
     # LoRA on the backbone (peft): 0 = off, the whole backbone trains
@@ -93,6 +102,20 @@ class GenSRConfig(ModelConfig):
     use_semantic_view: bool = True
     use_soft_filter: bool = True
     use_contrastive: bool = True
+    # gensr's levers (issue 15; not in the paper, all off = the paper's model):
+    # the candidate's first N text tokens spliced into the prompt as token embeddings (a
+    # `{candidate_text}` slot, else right after {sem_candidate}), so the backbone can match
+    # query words and item words directly (monoT5-style); 0 = off (the paper)
+    candidate_text_len: int = 0
+    # which item text those tokens come from: text | category | category+text (the category
+    # path, then the text); Amazon queries are made of category words (docs/levers.md)
+    candidate_text_field: str = "text"
+    # a trainable per-item vector (d_model, zero at start) added to every item's semantic
+    # vector: the history tokens and the candidate's e^sem (the paper has no item parameter)
+    item_embedding: bool = False
+    # a learned rec/search marker added to each history position of both views (the paper's
+    # views do not know which behaviour an interaction was)
+    behaviour_marker: bool = False
     # scoring: pointwise sequences per backbone call (bounds memory, not results)
     score_chunk: int = 512
     # scratch backbone (backbone = "scratch-t5")

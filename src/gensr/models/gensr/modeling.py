@@ -36,7 +36,12 @@ from gensr.models.gensr.configuration import (
     resolve_template,
 )
 from gensr.models.gensr.fused_t5 import FusedT5
-from gensr.models.gensr.prompt import VECTOR_SLOTS, PromptBuilder, PromptTemplate
+from gensr.models.gensr.prompt import (
+    CANDIDATE_TEXT_MARKER,
+    VECTOR_SLOTS,
+    PromptBuilder,
+    PromptTemplate,
+)
 from gensr.models.gensr.soft_filter import SoftFilter
 from gensr.models.gensr.speed import DTYPES, Speed
 from gensr.models.gensr.tokens import cached_token_table, token_table
@@ -195,14 +200,37 @@ class GenSR(SRModel):
         # CF vectors are projected to d_model before the prompt
         (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
          self.cf_projection) = build_views(config, cf, data.n_items, d_model)
+        with_text = config.candidate_text_len > 0
         self.prompts = PromptBuilder(
             tok,
             PromptTemplate.parse(rec_template, plural=config.domain_plural,
-                                 singular=config.domain_singular, needs_query=False),
+                                 singular=config.domain_singular, needs_query=False,
+                                 candidate_text=with_text),
             PromptTemplate.parse(src_template, plural=config.domain_plural,
-                                 singular=config.domain_singular, needs_query=True),
+                                 singular=config.domain_singular, needs_query=True,
+                                 candidate_text=with_text),
             eos_id=self.backbone.eos_id, pad_id=self.backbone.pad_id,
+            candidate_text_len=config.candidate_text_len,
         )
+        # gensr's levers (GenSRConfig; all off in the paper's model)
+        if with_text:  # the candidate's first tokens, spliced into the prompt
+            field_name = config.candidate_text_field
+            texts = {"text": data.item_text, "category": data.item_category,
+                     "category+text": [f"{c}. {t}" if c else t for c, t in
+                                       zip(data.item_category, data.item_text)]}[field_name]
+            kind = "items" if field_name == "text" else field_name.replace("+", "-")
+            self.register_buffer("candidate_tokens", data_token_table(
+                tok, data, texts, config.candidate_text_len, kind), persistent=False)
+        self.item_embedding = None
+        if config.item_embedding:  # a trainable vector per item, zero at the start
+            self.item_embedding = nn.Embedding(data.n_items + 1, d_model, padding_idx=0)
+            nn.init.zeros_(self.item_embedding.weight)
+        self.cf_behaviour = self.sem_behaviour = None
+        if config.behaviour_marker:  # 1 = rec, 2 = search (0 = padding), zero at the start
+            self.cf_behaviour = nn.Embedding(3, self.cf_view.dim, padding_idx=0)
+            self.sem_behaviour = nn.Embedding(3, d_model, padding_idx=0)
+            nn.init.zeros_(self.cf_behaviour.weight)
+            nn.init.zeros_(self.sem_behaviour.weight)
         self.speed = Speed()  # runtime levers, not saved: see gensr.models.gensr.speed
         self._fused: tuple[int, FusedT5] | None = None
         self._compiled: dict[tuple[str, str], Callable] = {}
@@ -285,13 +313,22 @@ class GenSR(SRModel):
         """CF view (Eq. 3) and semantic view (Eq. 4) of each instance's history, + prompt ids."""
         cfg: GenSRConfig = self.config  # type: ignore[assignment]
         mask = batch.hist_mask
-        cf = self.cf_view(batch.hist_item, mask) if cfg.use_cf_view else None
+        behaviour = batch.hist_behaviour.clamp(0, 2)
+        cf = None
+        if cfg.use_cf_view:
+            marker = None if self.cf_behaviour is None else self.cf_behaviour(behaviour)
+            cf = self.cf_view(batch.hist_item, mask, marker)
         sem = sem_mask = None
         if cfg.use_semantic_view:
+            n = cfg.item_text_tokens
             tokens = self.item_tokens[batch.hist_item].flatten(1)  # (B, L*N)
-            sem_mask = (tokens != self.backbone.pad_id) & mask.repeat_interleave(
-                cfg.item_text_tokens, dim=1)
+            sem_mask = (tokens != self.backbone.pad_id) & mask.repeat_interleave(n, dim=1)
             embedded = self.backbone.embed(tokens).to(self.semantic_view.position.weight.dtype)
+            if self.item_embedding is not None:  # each item's vector on each of its tokens
+                embedded = embedded + self.item_embedding(batch.hist_item).repeat_interleave(
+                    n, dim=1)
+            if self.sem_behaviour is not None:
+                embedded = embedded + self.sem_behaviour(behaviour).repeat_interleave(n, dim=1)
             sem = self.semantic_view(embedded, sem_mask)
         ids, prompt_mask = self.prompts.layout(batch.task, batch.query, self.query_tokens)
         return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask)
@@ -300,7 +337,8 @@ class GenSR(SRModel):
     def slot_vectors(self, enc: HistoryEncoding, candidates: torch.Tensor
                      ) -> dict[str, torch.Tensor]:
         """The four spliced vectors (B, C, d) for each candidate (Eq. 5-6 and the candidate
-        vectors); a view that is switched off contributes zeros."""
+        vectors); a view that is switched off contributes zeros. With ``candidate_text_len``,
+        also ``candidate_text`` (B, C, N, d) token embeddings and their mask."""
         cfg: GenSRConfig = self.config  # type: ignore[assignment]
         b, c = candidates.shape
         d = self.backbone.d_model
@@ -318,12 +356,18 @@ class GenSR(SRModel):
             tokens = self.item_tokens[candidates]  # (B, C, N)
             embedded = self.backbone.embed(tokens).to(self.sem_filter.key.weight.dtype)
             e_sem = masked_mean(embedded, tokens != self.backbone.pad_id)
+            if self.item_embedding is not None:
+                e_sem = e_sem + self.item_embedding(candidates)
             if cfg.use_soft_filter:
                 h_sem = self.sem_filter(e_sem, enc.sem, enc.sem_mask)
             else:
                 h_sem = masked_mean(enc.sem, enc.sem_mask)[:, None].expand(b, c, -1)
             out["sem_history"] = h_sem
             out["sem_candidate"] = e_sem
+        if cfg.candidate_text_len:
+            text = self.candidate_tokens[candidates]  # (B, C, N)
+            out["candidate_text"] = self.backbone.embed(text)
+            out["candidate_text_mask"] = text != self.backbone.pad_id
         return out
 
     def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
@@ -345,6 +389,12 @@ class GenSR(SRModel):
         cols = torch.arange(c, device=ids.device)[None, :, None]
         embeds[rows, cols, where[:, None, :]] = stacked.to(embeds.dtype)
         mask = enc.prompt_mask[:, None].expand(b, c, t)
+        if "candidate_text" in vectors:  # the candidate's tokens and their own mask
+            n = vectors["candidate_text"].shape[2]
+            at = torch.nonzero(ids == CANDIDATE_TEXT_MARKER)[:, 1].view(b, n)[:, None, :]
+            embeds[rows, cols, at] = vectors["candidate_text"].to(embeds.dtype)
+            mask = mask.clone()
+            mask[rows, cols, at] = vectors["candidate_text_mask"]
         return embeds.reshape(b * c, t, -1), mask.reshape(b * c, t)
 
     def yes_no_logits(self, enc: HistoryEncoding, candidates: torch.Tensor, *,
@@ -361,6 +411,7 @@ class GenSR(SRModel):
         """(B, C, V) first-step logits of the prompts of ``enc`` with ``vectors`` spliced in."""
         b, c = vectors["cf_history"].shape[:2]
         embeds, mask = self.prompt_embeddings(enc, vectors)
+        shared = shared and "candidate_text" not in vectors  # its padding differs per item
         return self._logits_fn(speed)(embeds, mask, shared=shared).view(b, c, -1)
 
     def length_groups(self, enc: HistoryEncoding, speed: Speed

@@ -2,9 +2,11 @@
 
 A template is text with four *vector slots* — ``{cf_history}``, ``{sem_history}``,
 ``{cf_candidate}``, ``{sem_candidate}`` — each exactly once, cutting it into five text segments
-T1..T5; ``{query}`` (search templates) is a *text slot* filled with the query's tokens, and
-``{items}``/``{item}`` are the domain nouns. The builder lays a batch's prompts out as token
-ids with slot markers, which :meth:`GenSR.prompt_embeddings` turns into ``inputs_embeds``:
+T1..T5; ``{query}`` (search templates) is a *text slot* filled with the query's tokens,
+``{candidate_text}`` (gensr's ``candidate_text_len`` lever, off in the paper) is filled with
+the candidate's first text tokens, and ``{items}``/``{item}`` are the domain nouns. The
+builder lays a batch's prompts out as token ids with slot markers, which
+:meth:`GenSR.prompt_embeddings` turns into ``inputs_embeds``:
 
     X = [emb(T1), h_cf, emb(T2), h_sem, emb(T3), e_cf_c, emb(T4), e_sem_c, emb(T5), </s>]
 
@@ -23,7 +25,8 @@ import torch
 from gensr.errors import ConfigError
 
 VECTOR_SLOTS: tuple[str, ...] = ("cf_history", "sem_history", "cf_candidate", "sem_candidate")
-TEXT_SLOTS: tuple[str, ...] = ("query",)
+TEXT_SLOTS: tuple[str, ...] = ("query", "candidate_text")
+CANDIDATE_TEXT_MARKER = -(len(VECTOR_SLOTS) + 1)  # laid-out id of a candidate-text position
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -32,12 +35,15 @@ class PromptTemplate:
     """A parsed template: ``pieces`` alternate text and slot names, in order."""
 
     source: str
-    pieces: tuple[tuple[str, str], ...]  # ("text", words) | ("vector", slot) | ("query", "")
+    # ("text", words) | ("vector", slot) | ("query", "") | ("candidate_text", "")
+    pieces: tuple[tuple[str, str], ...]
 
     @classmethod
-    def parse(cls, template: str, *, plural: str, singular: str, needs_query: bool
-              ) -> PromptTemplate:
-        """Parse and validate: each vector slot exactly once, ``{query}`` iff ``needs_query``."""
+    def parse(cls, template: str, *, plural: str, singular: str, needs_query: bool,
+              candidate_text: bool = False) -> PromptTemplate:
+        """Parse and validate: each vector slot exactly once, ``{query}`` iff ``needs_query``;
+        with ``candidate_text``, ``{candidate_text}`` where the template puts it, else right
+        after ``{sem_candidate}`` (without it, the template may not hold that slot)."""
         text = template.replace("{items}", plural).replace("{item}", singular)
         found = _SLOT.findall(text)
         unknown = sorted(set(found) - set(VECTOR_SLOTS) - set(TEXT_SLOTS))
@@ -53,13 +59,19 @@ class PromptTemplate:
             raise ConfigError(f"the search template must hold {{query}} exactly once: {template!r}")
         if not needs_query and n_query:
             raise ConfigError(f"the rec template cannot hold {{query}}: {template!r}")
+        n_text = found.count("candidate_text")
+        if n_text > 1 or (n_text and not candidate_text):
+            raise ConfigError("{candidate_text} may appear at most once, and only with "
+                              f"candidate_text_len > 0: {template!r}")
         pieces: list[tuple[str, str]] = []
         last = 0
         for match in _SLOT.finditer(text):
             if match.start() > last:
                 pieces.append(("text", text[last : match.start()]))
             name = match.group(1)
-            pieces.append(("query", "") if name == "query" else ("vector", name))
+            pieces.append((name, "") if name in TEXT_SLOTS else ("vector", name))
+            if name == "sem_candidate" and candidate_text and not n_text:
+                pieces.append(("candidate_text", ""))
             last = match.end()
         if last < len(text):
             pieces.append(("text", text[last:]))
@@ -72,13 +84,15 @@ class PromptBuilder:
     ``layout(task, query, query_tokens)`` returns, for B instances, ``ids`` (B, T), right-padded,
     where vector slot k (in :data:`VECTOR_SLOTS` order) holds ``slot_marker(k)`` (a negative
     number, never a token id), and the attention mask (B, T). The model finds the slots by
-    their markers when it splices the vectors in.
+    their markers when it splices the vectors in. A ``{candidate_text}`` slot is laid out as
+    ``candidate_text_len`` positions holding :data:`CANDIDATE_TEXT_MARKER`.
     """
 
     def __init__(self, tokenizer, rec: PromptTemplate, src: PromptTemplate, eos_id: int | None,
-                 pad_id: int) -> None:
+                 pad_id: int, candidate_text_len: int = 0) -> None:
         self.pad_id = pad_id
         self.eos_id = eos_id
+        self.candidate_text_len = int(candidate_text_len)
         self.templates = (rec, src)
         # per task: list of ("ids", LongTensor) | ("vector", k) | ("query", None)
         self.compiled: list[list[tuple[str, object]]] = []
@@ -91,6 +105,9 @@ class PromptBuilder:
                         parts.append(("ids", torch.tensor(ids, dtype=torch.long)))
                 elif kind == "vector":
                     parts.append(("vector", VECTOR_SLOTS.index(value)))
+                elif kind == "candidate_text":
+                    parts.append(("ids", torch.full((self.candidate_text_len,),
+                                                    CANDIDATE_TEXT_MARKER, dtype=torch.long)))
                 else:
                     parts.append(("query", None))
             self.compiled.append(parts)

@@ -43,10 +43,14 @@ class CFView(nn.Module):
         """Frozen CF vectors e^cf of item ids (any shape)."""
         return self.cf_table[items]
 
-    def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``items`` (B, L) left-padded ids, ``mask`` (B, L) -> H^cf (B, L, d_cf)."""
+    def forward(self, items: torch.Tensor, mask: torch.Tensor,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``items`` (B, L) left-padded ids, ``mask`` (B, L) -> H^cf (B, L, d_cf); ``extra``
+        (B, L, d_cf), if given, is added to the inputs (gensr's behaviour marker)."""
         positions = torch.arange(items.shape[1], device=items.device)
         x = self.item_vectors(items) + self.position(positions)[None]
+        if extra is not None:
+            x = x + extra
         return self.encoder(x, src_key_padding_mask=_safe_padding_mask(mask))
 
 
