@@ -1,0 +1,129 @@
+"""The ablation of gensr's GenSR levers (issue 15): the paper's GenSR, the paper's GenSR plus
+one lever each, and gensr's recommended GenSR (all levers), trained with the same budget,
+window, validation subset and seed, evaluated on the same test instances.
+
+    python benchmarks/gensr_levers.py --data data/scientific --out runs/fair \\
+        --cf data/scientific_cf/cf.safetensors [--config configs/compare_fair_cpu.yaml]
+
+Runs (or reuses) ``gensr compare`` for the variants of the config (seed 0 unless --seeds),
+then writes ``benchmarks/results/gensr_levers.{md,json}``: per variant and task R@10 / N@10,
+the change from the paper's GenSR with a paired t-test over the shared test instances, the
+best validation step, the steps trained and the training time. The levers are documented in
+docs/levers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from gensr.compare import compare, strategy_suffix
+from gensr.eval.significance import paired_test
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = {  # column in the compare config -> what it is
+    "gensr-paper": "the paper's GenSR (no lever)",
+    "gensr-paper-text": "+ candidate text in the prompt (candidate_text_len 20, category+text)",
+    "gensr-paper-item": "+ trainable item embedding (item_embedding)",
+    "gensr-paper-marker": "+ behaviour marker (behaviour_marker)",
+    "gensr": "gensr's recommended GenSR (all three levers)",
+}
+TASKS = {"rec": "Recommendation", "src": "Search"}
+METRICS = ("R@10", "N@10")
+
+
+def lever_table(report: dict, instances: pl.DataFrame, reference: str = "gensr-paper"
+                ) -> dict:
+    """Rows of the ablation: metrics, change from ``reference`` and its paired t-test p."""
+    rows = {}
+    for name, about in ROWS.items():
+        model = report["models"][name]
+        run = model["runs"][0]
+        info = json.loads((Path(run["run_dir"]) / "run.json").read_text())
+        row = {"about": about, "seeds": model["seeds"], "steps": run["steps"],
+               "best_step": run["best_step"], "stop_reason": run["stop_reason"],
+               "train_time_s": run["train_time_s"],
+               "steps_per_s": round(run["steps"] / max(run["train_time_s"], 1e-9), 3),
+               "valid_curve": [{"step": h["step"], "value": round(h["value"], 4)}
+                               for h in info.get("history", [])],
+               "tasks": {}}
+        for task in TASKS:
+            part = instances.filter(pl.col("task") == task)
+            cell = {}
+            for metric in METRICS:
+                mine = part[f"{name}/{metric}"].to_numpy().astype(np.float64)
+                cell[metric] = round(float(np.mean(mine)), 4)
+                if name != reference:
+                    ref = part[f"{reference}/{metric}"].to_numpy().astype(np.float64)
+                    test = paired_test(mine, ref, "t-test")
+                    cell[f"{metric} delta"] = round(float(np.mean(mine) - np.mean(ref)), 4)
+                    cell[f"{metric} p"] = float(test.p_value)
+            row["tasks"][task] = cell
+        rows[name] = row
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """The ablation as one Markdown table, with how it was made."""
+    lines = ["# GenSR levers: ablation on amazon-scientific", "",
+             f"Test split, {result['instances']['rec']:,} rec + {result['instances']['src']:,} "
+             f"search instances, {result['candidates']} candidates; seed(s) "
+             f"{result['seeds']}; the same budget, window, validation subset and seed for "
+             "every row (configs/compare_fair_cpu.yaml). Δ: change from the paper's GenSR; "
+             "p: paired t-test over the same test instances (two-sided).", "",
+             "| variant | rec R@10 | rec N@10 | Δ rec N@10 (p) | search R@10 | search N@10 "
+             "| Δ search N@10 (p) | steps (best) | train time | steps/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in result["rows"].items():
+        cells = [f"`{name}`: {row['about']}"]
+        for task in TASKS:
+            t = row["tasks"][task]
+            cells += [f"{t['R@10']:.4f}", f"{t['N@10']:.4f}"]
+            cells.append(f"{t['N@10 delta']:+.4f} ({t['N@10 p']:.2g})" if "N@10 p" in t
+                         else "–")
+        cells += [f"{row['steps']} ({row['best_step']})", f"{row['train_time_s'] / 60:.1f} min",
+                  f"{row['steps_per_s']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Validation curve (mean N@10 of both tasks on the shared 1,000 valid "
+              "instances, by step):", ""]
+    for name, row in result["rows"].items():
+        curve = ", ".join(f"{p['step']}: {p['value']:.4f}" for p in row["valid_curve"])
+        lines.append(f"- `{name}` ({row['stop_reason']}): {curve}")
+    lines += ["", f"Training: {result['threads']}. Made by `python benchmarks/gensr_levers.py` "
+              f"on {result['created']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="data/scientific")
+    parser.add_argument("--out", default="runs/fair")
+    parser.add_argument("--cf", default=None)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "compare_fair_cpu.yaml"))
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--candidates", default="uniform")
+    parser.add_argument("--threads", default="one torch thread a run, two runs side by side "
+                        "on the 2 cores", help="how the runs were trained (for the table)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    report = compare(args.data, list(ROWS), args.out, config_path=args.config,
+                     cf_path=args.cf, seeds=seeds, candidates=args.candidates, progress=False)
+    instances = pl.read_parquet(Path(args.out) /
+                                f"compare_instances{strategy_suffix(args.candidates)}.parquet")
+    result = {"data": report["data"], "candidates": args.candidates, "seeds": seeds,
+              "instances": report["eval"]["instances"], "config": args.config,
+              "threads": args.threads, "created": report["created"],
+              "rows": lever_table(report, instances)}
+    out = Path(args.results)
+    (out / "gensr_levers.json").write_text(json.dumps(result, indent=2))
+    (out / "gensr_levers.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
