@@ -415,11 +415,22 @@ def test_committed_compare_configs(tmp_path):
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     fair = compare_mod.load_compare_config(configs / "compare_fair_cpu.yaml")
-    plans = [compare_mod.plan_model(n, fair, tmp_path / "cf.safetensors")
-             for n in compare_mod.DEFAULT_MODELS]
+    names = [*compare_mod.DEFAULT_MODELS, *fair.variants]
+    plans = [compare_mod.plan_model(n, fair, tmp_path / "cf.safetensors") for n in names]
     assert compare_mod.check_windows(plans, allow=False)  # the same window, no override
     assert not fair.allow_different_windows and fair.seeds == [0, 1, 2]
-    assert {p.window for p in plans if p.window is not None} == {20}
+    assert {p.window for p in plans if p.window is not None} == {10}
+    by_name = {p.name: p for p in plans}
+    paper = by_name["gensr-paper"].model_config
+    assert by_name["gensr-paper"].kind == "gensr"
+    assert (paper.candidate_text_len, paper.item_embedding, paper.behaviour_marker) == \
+        (0, False, False)  # the paper's model: no lever
+    recommended = by_name["gensr"].model_config
+    assert recommended.candidate_text_len > 0 and recommended.item_embedding
+    assert recommended.behaviour_marker
+    # the variants differ from the paper's GenSR in their model settings only
+    for name in fair.variants:
+        assert by_name[name].train_values == by_name["gensr"].train_values
     for plan in plans:
         if plan.trainable:
             t = plan.train_config

@@ -45,13 +45,14 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden, config.hidden)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, L, D); ``allowed`` (B, 1, L, L) True where query t may attend to key s."""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        """``x`` (B, L, D); ``allowed`` (B, 1, L, L) True where query t may attend to key s,
+        or None: plain causal attention (no position holds padding)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).unbind(2)
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
-            dropout_p=self.dropout if self.training else 0.0)
+            dropout_p=self.dropout if self.training else 0.0, is_causal=allowed is None)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -79,7 +80,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), allowed))
         return x + self.drop(self.ffn(self.norm2(x)))
 
@@ -124,11 +125,14 @@ class SASRec(SRModel):
         if self.beh_emb is not None:
             x = x + self.beh_emb(batch.hist_behaviour[:, -n:])
         valid = items > 0
-        x = self.drop(x) * valid.unsqueeze(-1)
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        # each position always sees itself, so padded rows never attend to nothing (no NaN)
-        allowed = causal & (valid[:, None, :] | torch.eye(n, dtype=torch.bool, device=x.device))
-        allowed = allowed.unsqueeze(1)
+        allowed = None  # no padding left (one request's history): plain causal attention
+        if self.training or not bool(valid.all()):
+            x = self.drop(x) * valid.unsqueeze(-1)
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            # each position always sees itself, so padded rows never attend to nothing
+            allowed = causal & (valid[:, None, :] | torch.eye(n, dtype=torch.bool,
+                                                             device=x.device))
+            allowed = allowed.unsqueeze(1)
         for block in self.blocks:
             x = block(x, allowed)
         return self.norm(x[:, -1])
