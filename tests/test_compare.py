@@ -472,3 +472,23 @@ def test_named_variants_are_columns_of_their_own(tmp_path, tiny_data_dir):
                     config_path=_yaml(tmp_path / "bad.yaml", {"models": bad}), log=_quiet)
     with pytest.raises(ConfigError, match="unknown model"):  # a variant needs its config
         compare(tiny_data_dir, "sasrec-wide", tmp_path / "bad", log=_quiet)
+
+
+def test_a_model_entry_may_set_its_own_seeds(tmp_path, tiny_data_dir):
+    doc = {**TINY, "seeds": [0, 1], "models": {
+        "sasrec": TINY["models"]["sasrec"],
+        "sasrec-one": {"type": "sasrec", "seeds": [0], "model": {"hidden": 16, "n_layers": 1,
+                                                                 "dropout": 0.3}}}}
+    out = tmp_path / "cmp"
+    report = compare(tiny_data_dir, "sasrec,sasrec-one", out,
+                     config_path=_yaml(tmp_path / "s.yaml", doc), progress=False, log=_quiet)
+    assert report["models"]["sasrec"]["seeds"] == [0, 1]
+    assert report["models"]["sasrec-one"]["seeds"] == [0]
+    assert not (out / "sasrec-one" / "seed1").exists()
+    again = compare(tiny_data_dir, "sasrec,sasrec-one", out, seeds=1,  # --seeds wins
+                    config_path=_yaml(tmp_path / "s.yaml", doc), progress=False, log=_quiet)
+    assert again["models"]["sasrec"]["seeds"] == [0]
+    bad = {"models": {"sasrec": {"seeds": [0, 0]}}}
+    with pytest.raises(ConfigError, match="more than once"):
+        compare(tiny_data_dir, "sasrec", tmp_path / "b",
+                config_path=_yaml(tmp_path / "b.yaml", bad), log=_quiet)

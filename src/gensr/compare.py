@@ -32,6 +32,7 @@ The YAML file (``--config``)::
       NAME:                   # a registered model name; entries not in --models are ignored
         type: MODEL           # only for a variant: NAME is then a column of its own (e.g.
                               # gensr-paper beside gensr), configuring registered model MODEL
+        seeds: [0]            # this model's seeds, over the top-level seeds: (not --seeds)
         model: {...}          # fields of the model's config class
         train: {...}          # TrainConfig fields, over the defaults
     eval:
@@ -189,6 +190,8 @@ class CompareConfig:
     models: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # a column name that is not a registered model -> the registered model it configures
     variants: dict[str, str] = field(default_factory=dict)
+    # models.NAME.seeds: that model's seeds, over the top-level seeds (not over --seeds)
+    model_seeds: dict[str, list[int]] = field(default_factory=dict)
     eval: EvalSettings = field(default_factory=EvalSettings)
     cf: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] | None = None
@@ -222,6 +225,7 @@ def load_compare_config(path: str | Path | None) -> CompareConfig:
                           "settings go under models.NAME.model")
     models: dict[str, dict[str, dict[str, Any]]] = {}
     variants: dict[str, str] = {}
+    model_seeds: dict[str, list[int]] = {}
     for name, entry in _mapping(doc.get("models"), f"{path}: models").items():
         entry = _mapping(entry, f"{path}: models.{name}")
         kind = entry.get("type", name)
@@ -234,10 +238,12 @@ def load_compare_config(path: str | Path | None) -> CompareConfig:
                 raise ConfigError(f"{path}: models.{name}: a variant's name must be a plain "
                                   "name (letters, digits, - _ .) that is no model's own name")
             variants[str(name)] = kind
-        bad = sorted(set(entry) - {"model", "train", "type"})
+        bad = sorted(set(entry) - {"model", "train", "type", "seeds"})
         if bad:
             raise ConfigError(f"{path}: models.{name}: unknown key(s) {bad}; expected "
-                              "'type:', 'model:' and 'train:'")
+                              "'type:', 'model:', 'train:' and 'seeds:'")
+        if entry.get("seeds") is not None:
+            model_seeds[str(name)] = parse_seeds(entry["seeds"], f"{path}: models.{name}.seeds")
         models[name] = {s: dict(_mapping(entry.get(s), f"{path}: models.{name}.{s}"))
                         for s in ("model", "train")}
     settings = update_config(EvalSettings(), _mapping(doc.get("eval"), f"{path}: eval"),
@@ -260,7 +266,8 @@ def load_compare_config(path: str | Path | None) -> CompareConfig:
                           f"{allow!r}")
     return CompareConfig(default_train=dict(_mapping(defaults.get("train"),
                                                      f"{path}: defaults.train")),
-                         models=models, variants=variants, eval=settings,
+                         models=models, variants=variants, model_seeds=model_seeds,
+                         eval=settings,
                          cf=dict(_mapping(doc.get("cf"), f"{path}: cf")),
                          seeds=parse_seeds(doc.get("seeds"), f"{path}: seeds"),
                          history_window=window, allow_different_windows=allow,
@@ -891,6 +898,8 @@ def compare(
         base = plan.train_config.seed if plan.trainable else getattr(plan.model_config, "seed", 0)
         if not plan.seeded:
             model_seeds = [base]
+        elif seeds is None and name in config.model_seeds:
+            model_seeds = list(config.model_seeds[name])
         elif explicit_seeds is not None:
             model_seeds = list(explicit_seeds)
         else:
