@@ -283,6 +283,11 @@ def retrieval_share(rows: list[dict], n: int = 100) -> list[dict]:
 # --- output ----------------------------------------------------------------------------------
 def markdown(result: dict) -> str:
     q = result["quality"]
+    if q is None:  # --skip-quality: the latency table only
+        lines = ["# Full-catalogue serving latency: retrieve, then GenSR reranks", "",
+                 f"{result['date']}: `{result['command']}`. Runs: "
+                 + ", ".join(f"{k} `{v}`" for k, v in result["runs"].items()) + ".", ""]
+        return _latency_markdown(result, lines)
     lines = [
         f"# Full-catalogue ranking: retrieve, then GenSR reranks ({q['data']})",
         "",
@@ -310,6 +315,10 @@ def markdown(result: dict) -> str:
                                               for k in QUALITY_METRICS],
                                             ceiling, f"{r['seconds']:.1f}"]) + " |")
         lines.append("")
+    return _latency_markdown(result, lines)
+
+
+def _latency_markdown(result: dict, lines: list[str]) -> str:
     lat = result["latency"]
     head = ["endpoint", "retriever", "rerank_n", "concurrency", "requests", "errors",
             "req/s", "p50 ms", "p99 ms", "retrieve ms", "rerank ms", "mean batch"]
@@ -366,6 +375,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-latency", action="store_true", help="Only the quality table.")
+    ap.add_argument("--skip-quality", action="store_true", help="Only the latency table.")
     ap.add_argument("--out", type=Path, default=None, help="Output prefix (OUT.json, OUT.md; "
                     "default benchmarks/results/full_catalogue_scientific).")
     ap.add_argument("--note", default="", help="Free text stored with the results.")
@@ -389,8 +399,8 @@ def main() -> None:
     ns = [int(x) for x in args.rerank_n.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
     cpu_before = cpu_snapshot()
-    q = quality(runs, ns, args.max_instances, args.seed, args.device, args.batch_size,
-                log=print)
+    q = None if args.skip_quality else quality(runs, ns, args.max_instances, args.seed,
+                                               args.device, args.batch_size, log=print)
     lat_rows, server = ([], {}) if args.skip_latency else latency(runs, args, ns, levels, print)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
