@@ -36,11 +36,12 @@ TASKS = {"rec": "Recommendation", "src": "Search"}
 METRICS = ("R@10", "N@10")
 
 
-def lever_table(report: dict, instances: pl.DataFrame, reference: str = "gensr-paper"
-                ) -> dict:
+def lever_table(report: dict, instances: pl.DataFrame, names: list[str],
+                reference: str = "gensr-paper") -> dict:
     """Rows of the ablation: metrics, change from ``reference`` and its paired t-test p."""
     rows = {}
-    for name, about in ROWS.items():
+    for name in names:
+        about = ROWS[name]
         model = report["models"][name]
         run = model["runs"][0]
         info = json.loads((Path(run["run_dir"]) / "run.json").read_text())
@@ -93,6 +94,9 @@ def markdown(result: dict) -> str:
     for name, row in result["rows"].items():
         curve = ", ".join(f"{p['step']}: {p['value']:.4f}" for p in row["valid_curve"])
         lines.append(f"- `{name}` ({row['stop_reason']}): {curve}")
+    if result.get("not_run"):
+        lines += ["", "Not run (no CPU time left in the session that made this table): "
+                  + ", ".join(f"`{n}` ({ROWS[n]})" for n in result["not_run"]) + "."]
     lines += ["", f"Training: {result['threads']}. Made by `python benchmarks/gensr_levers.py` "
               f"on {result['created']}."]
     return "\n".join(lines) + "\n"
@@ -105,20 +109,28 @@ def main() -> None:
     parser.add_argument("--cf", default=None)
     parser.add_argument("--config", default=str(ROOT / "configs" / "compare_fair_cpu.yaml"))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--variants", default=",".join(ROWS),
+                        help="comma-separated rows (default: all; gensr-paper is the reference)")
     parser.add_argument("--candidates", default="uniform")
     parser.add_argument("--threads", default="one torch thread a run, two runs side by side "
                         "on the 2 cores", help="how the runs were trained (for the table)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    report = compare(args.data, list(ROWS), args.out, config_path=args.config,
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown or "gensr-paper" not in names:
+        parser.error(f"--variants: rows are {', '.join(ROWS)} (gensr-paper always; unknown: "
+                     f"{unknown})")
+    report = compare(args.data, names, args.out, config_path=args.config,
                      cf_path=args.cf, seeds=seeds, candidates=args.candidates, progress=False)
     instances = pl.read_parquet(Path(args.out) /
                                 f"compare_instances{strategy_suffix(args.candidates)}.parquet")
     result = {"data": report["data"], "candidates": args.candidates, "seeds": seeds,
               "instances": report["eval"]["instances"], "config": args.config,
               "threads": args.threads, "created": report["created"],
-              "rows": lever_table(report, instances)}
+              "rows": lever_table(report, instances, names),
+              "not_run": [n for n in ROWS if n not in names]}
     out = Path(args.results)
     (out / "gensr_levers.json").write_text(json.dumps(result, indent=2))
     (out / "gensr_levers.md").write_text(markdown(result))
