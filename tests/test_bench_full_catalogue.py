@@ -45,3 +45,23 @@ def test_full_catalogue_benchmark_tiny(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "## Recommendation" in md and "## Search" in md and "## Service latency" in md
     assert "gensr ∘ tem" in md
+
+
+def test_latency_only_markdown_names_the_share():
+    """--skip-quality: the Markdown holds the latency table and the retrieval share only."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import full_catalogue as fc
+    finally:
+        sys.path.pop(0)
+    row = {"task": "rec", "retriever": "sasrec", "rerank_n": 100, "concurrency": 1,
+           "requests": 10, "errors": 0, "requests_per_s": 40.0, "p50_ms": 20.0, "p99_ms": 25.0,
+           "retrieve_ms_p50": 1.2, "rerank_ms_p50": 16.0, "mean_batch": 1.0}
+    result = {"quality": None, "date": "d", "command": "c", "runs": {"gensr": "g"},
+              "latency": {"rows": [row], "retrieval_share": fc.retrieval_share([row])},
+              "settings": {"top_k": 10, "requests": 10, "max_seconds": 5, "warmup": 1},
+              "machine": {"device": "cpu", "torch_threads": 2},
+              "cpu_before": {"loadavg": [0, 0, 0]}, "cpu_after": {"loadavg": [0, 0, 0]}}
+    md = fc.markdown(result)
+    assert "## Recommendation" not in md and "## Service latency" in md
+    assert "sasrec: 1.20 ms / 16.0 ms = 7.5% (under 10%)" in md
