@@ -3,32 +3,23 @@ a behaviour marker. Off, they leave the paper's model; on, they do what their do
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from gensr.data.batching import TrainSampler
 from gensr.errors import ConfigError
 from gensr.models.gensr import GenSR, GenSRConfig, PromptTemplate
 from gensr.models.gensr.prompt import CANDIDATE_TEXT_MARKER, PromptBuilder
+from test_gensr_model import SMALL as MODEL_SMALL
+from test_gensr_model import _model as small_model
+from test_gensr_model import _train_batch as _batch
 
-SMALL = dict(backbone="scratch-t5", scratch_d_model=32, scratch_heads=2, scratch_d_ff=64,
-             scratch_layers=1, scratch_decoder_layers=1, scratch_vocab_size=600,
-             max_his_len=8, item_text_tokens=4, view_dropout=0.0, scratch_dropout=0.0)
+NO_DROPOUT = {"view_dropout": 0.0, "scratch_dropout": 0.0}  # scores comparable in train mode
+SMALL = {**MODEL_SMALL, **NO_DROPOUT}
 
 
 def _model(data, **overrides) -> GenSR:
-    torch.manual_seed(0)
-    cf = torch.randn(data.n_items + 1, 16)
-    cf[0] = 0
-    return GenSR(GenSRConfig(**{**SMALL, **overrides}), data, cf_table=cf)
-
-
-def _batch(data, n=6, k=3):
-    table, order = TrainSampler(data, k, seed=1).epoch(0)
-    rec = order[table.task[order] == 0][: n // 2]
-    src = order[table.task[order] == 1][: n - n // 2]
-    return table.make_batch(data, np.concatenate([rec, src]), 8)
+    """test_gensr_model's small GenSR (seed 0, random CF table), without dropout."""
+    return small_model(data, **{**NO_DROPOUT, **overrides})
 
 
 def test_levers_are_off_by_default():
