@@ -313,7 +313,7 @@ class GenSR(SRModel):
         """CF view (Eq. 3) and semantic view (Eq. 4) of each instance's history, + prompt ids."""
         cfg: GenSRConfig = self.config  # type: ignore[assignment]
         mask = batch.hist_mask
-        behaviour = batch.hist_behaviour.clamp(0, 2)
+        behaviour = None if self.cf_behaviour is None else batch.hist_behaviour.clamp(0, 2)
         cf = None
         if cfg.use_cf_view:
             marker = None if self.cf_behaviour is None else self.cf_behaviour(behaviour)
