@@ -56,6 +56,27 @@ def test_top_n_equals_a_brute_force_sort(n):
     assert not pad.any() or bool((pad.long().diff(dim=1) >= 0).all())
 
 
+@pytest.mark.parametrize("n", [1, 10, 49, 50])
+def test_top_n_distinct_scores_take_the_one_topk_path_and_equal_the_sort(n):
+    """Distinct finite scores (the dense retrievers' usual case) skip the tie handling; the
+    result is still exactly the brute-force sort, excluded items and column 0 left out."""
+    rng = np.random.default_rng(100 + n)
+    scores = rng.normal(size=(9, 51)).astype(np.float32)
+    excl = [set(rng.choice(np.arange(1, 51), size=3, replace=False).tolist()) for _ in range(9)]
+    t = torch.from_numpy(scores.copy())
+    Exclusion.from_lists([sorted(e) for e in excl]).apply(t)
+    got = top_n(t, n)
+    assert as_lists(got.items) == brute_force(scores, n, excl)
+    # a tie at the N-th place in one row sends the batch down the general path: same answer
+    tied = scores.copy()
+    row = brute_force(scores, n + 1, excl)[0]
+    if len(row) > n:
+        tied[0, row[n]] = tied[0, row[n - 1]]
+    t = torch.from_numpy(tied.copy())
+    Exclusion.from_lists([sorted(e) for e in excl]).apply(t)
+    assert as_lists(top_n(t, n).items) == brute_force(tied, n, excl)
+
+
 def test_merge_top_n_drops_repeats_excluded_and_padding():
     cands = torch.tensor([[5, 3, 5, 0, 9, 7], [2, 2, 2, 4, 0, 0]])
     scores = torch.tensor([[1.0, 2.0, 1.0, 9.0, 2.0, 0.5], [3.0, 3.0, 3.0, 1.0, 0.0, 0.0]])
