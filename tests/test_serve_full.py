@@ -274,3 +274,46 @@ def test_cli_rank_full(runs, ranker, tiny_data, tmp_path):
     ]:
         code, out = run_gensr("rank", runs["gensr"], "--device", "cpu", *args)
         assert code == 2 and message in out and "Traceback" not in out, out
+
+
+def test_the_retrieval_stage_runs_with_its_own_thread_count(runs, tiny_data):
+    """On CPU a small catalogue is retrieved with one intra-op thread (``"auto"``) whatever
+    the process uses, and the count is restored for the rerank; the ranking equals that of a
+    ranker retrieving with the process's threads. Bad settings are refused."""
+    import torch
+
+    auto = Ranker.from_run(runs["gensr"], device="cpu", retrievers=["lightgcn"])
+    inherit = Ranker.from_run(runs["gensr"], device="cpu", retrievers=["lightgcn"],
+                              retrieve_threads=None)
+    assert (auto.retrieve_threads, inherit.retrieve_threads) == (1, None)
+    seen = []
+    for ranker in (auto, inherit):
+        retriever = ranker.retrievers.get("rec")
+        inner = retriever.retrieve
+
+        def recording(*args, _inner=inner, **kwargs):
+            seen.append(torch.get_num_threads())
+            return _inner(*args, **kwargs)
+
+        retriever.retrieve = recording
+    ids = tiny_data.item_orig_id
+    history = [ids[3], ids[11], ids[20]]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = auto.recommend(history, top_k=10, rerank_n=40)
+        assert torch.get_num_threads() == 2
+        want = inherit.recommend(history, top_k=10, rerank_n=40)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    assert got.item_ids == want.item_ids
+    assert [s.score for s in got] == pytest.approx([s.score for s in want], abs=1e-6)
+    assert auto.model_card()["retrieve_threads"] == 1
+    for bad in (0, -1, 1.5, True, "two"):
+        with pytest.raises(ValueError, match="retrieve_threads"):
+            Ranker.from_run(runs["gensr"], device="cpu", retrieve_threads=bad)
+    for bad in ("0", "x2", "-3"):
+        code, out = run_gensr("serve", runs["gensr"], "--retrieve-threads", bad)
+        assert code == 2 and out.strip().splitlines() == [
+            f"error: --retrieve-threads must be auto, all or a number >= 1, got {bad!r}"]

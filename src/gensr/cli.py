@@ -491,11 +491,24 @@ def serve_cmd(
     rerank_n: int = typer.Option(100, "--rerank-n", min=1, help="Items retrieved per "
                                  "full-catalogue request unless it says."),
     index: str = typer.Option("exact", help="Dense retrievers: exact | hnsw (FAISS)."),
+    retrieve_threads: str = typer.Option(
+        "auto", "--retrieve-threads", help="torch CPU threads of the retrieval stage: auto (1 "
+        "for catalogues up to 100,000 items, else the process's), all (the process's) or a "
+        "number."),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, /v1/recommend, /v1/search, GET /v1/model,
     /healthz, /metrics (see docs/serving.md)."""
+    from gensr.errors import ConfigError
     from gensr.serve.ranker import Limits
     from gensr.serve.server import resolve_api_key, serve
+
+    threads_of_retrieval: int | str | None = {"auto": "auto", "all": None}.get(
+        retrieve_threads.strip().lower(), retrieve_threads)
+    if isinstance(threads_of_retrieval, str) and threads_of_retrieval != "auto":
+        if not threads_of_retrieval.strip().isdigit() or int(threads_of_retrieval) < 1:
+            raise ConfigError(f"--retrieve-threads must be auto, all or a number >= 1, got "
+                              f"{retrieve_threads!r}")
+        threads_of_retrieval = int(threads_of_retrieval)
 
     serve(run_dir, host=host, port=port, api_key=resolve_api_key(api_key, api_key_file),
           insecure=insecure, data=data, device=device,
@@ -505,7 +518,7 @@ def serve_cmd(
           max_connections=max_connections, idle_timeout=idle_timeout,
           read_timeout=read_timeout, threads=threads, log_level=log_level,
           precision=precision, fast_path=fast_path, retrievers=retriever or None,
-          rerank_n=rerank_n, index=index)
+          rerank_n=rerank_n, index=index, retrieve_threads=threads_of_retrieval)
 
 # --- analyses (gensr analyze …) ----------------------------------------------------------
 analyze_app = typer.Typer(

@@ -156,14 +156,17 @@ class Ranker(FullCatalogue):
                  run_dir: str | Path | None = None, batch_size: int = 64,
                  precision: str = "auto", fast_path: bool = True,
                  retrievers: Any = None, rerank_n: int = DEFAULT_RERANK_N,
-                 index: str = "exact") -> None:
+                 index: str = "exact", retrieve_threads: int | str | None = "auto") -> None:
         """``precision``/``fast_path``: how GenSR scores (auto: bf16 and the fast path on
         CUDA, fp32 and the original path on CPU; see :func:`gensr.runs.prepare_inference`).
         ``retrievers``: retriever specs (``["lightgcn", "bm25"]``, see
         :mod:`gensr.retrieve.specs`), built retrievers or a ``RetrieverSet`` for the
         full-catalogue methods (None: the defaults, built on first use); ``rerank_n`` the
         items a full-catalogue request retrieves unless it says; ``index`` ``exact`` or
-        ``hnsw`` for dense retrievers."""
+        ``hnsw`` for dense retrievers; ``retrieve_threads`` torch's intra-op threads for the
+        retrieval stage on CPU (``"auto"``: 1 for catalogues up to
+        :data:`~gensr.serve.full.SMALL_CATALOGUE` items, else the process's; None: the
+        process's)."""
         from gensr.runs import prepare_inference
 
         if model.data_fingerprint != data.fingerprint:
@@ -179,21 +182,22 @@ class Ranker(FullCatalogue):
         self.item_index: dict[str, int] = data.item_index
         self._initial_queries = len(model.known_queries)
         self._lock = threading.RLock()
-        self._init_full(retrievers, rerank_n, index)
+        self._init_full(retrievers, rerank_n, index, retrieve_threads)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, data: SRData | str | Path | None = None,
                  device: str | torch.device | None = None, limits: Limits | None = None,
                  batch_size: int = 64, precision: str = "auto",
                  fast_path: bool = True, retrievers: Any = None,
-                 rerank_n: int = DEFAULT_RERANK_N, index: str = "exact") -> Ranker:
+                 rerank_n: int = DEFAULT_RERANK_N, index: str = "exact",
+                 retrieve_threads: int | str | None = "auto") -> Ranker:
         """Load ``RUN_DIR``'s model (GenSR or any baseline) and its data (``run.json``)."""
         from gensr.runs import load_run
 
         model, dataset = load_run(run_dir, data, device)
         return cls(model, dataset, limits=limits, run_dir=run_dir, batch_size=batch_size,
                    precision=precision, fast_path=fast_path, retrievers=retrievers,
-                   rerank_n=rerank_n, index=index)
+                   rerank_n=rerank_n, index=index, retrieve_threads=retrieve_threads)
 
     # --- facts --------------------------------------------------------------------------
     @property
@@ -237,7 +241,8 @@ class Ranker(FullCatalogue):
             "config": config,
             "metrics": metrics,
             "gensr_version": __version__,
-            **({"retrievers": self._retriever_set.describe(), "rerank_n": self.rerank_n}
+            **({"retrievers": self._retriever_set.describe(), "rerank_n": self.rerank_n,
+                "retrieve_threads": self.retrieve_threads}
                if self._retriever_set is not None else {}),
         }
 
