@@ -1,19 +1,21 @@
-"""Does GenSR close its gap with more training? One GenSR run trained for the issue's full
-60-minute budget against the 800-step runs of the fair comparison (issue 15).
+"""Does GenSR close its gap with more training? The recommended GenSR trained for the issue's
+full 60-minute budget (``gensr-60min`` of configs/compare_fair_cpu.yaml) against the 800-step
+runs of the fair comparison (issue 15).
 
-    python benchmarks/gensr_training_length.py --run runs/long/gensr/seed0 \\
-        --against sasrec=runs/fair/sasrec/seed0 --against tem=runs/fair/tem/seed0 \\
-        --against gensr-paper=runs/fair/gensr-paper/seed0
+    python benchmarks/gensr_training_length.py \
+        --run runs/fair/gensr-60min/seed0 --run runs/fair/gensr-60min/seed1 ... \
+        --against sasrec=runs/fair/sasrec/seed0 --against tem=runs/fair/tem/seed0 ...
 
 Reads what ``gensr compare`` left in each run directory (``run.json``: the validation curve,
 steps, stop reason; ``compare_eval[.STRATEGY].json``: the test metrics per instance for each
 candidate strategy it was evaluated on) and the committed 800-step tables
-(``benchmarks/results/compare_scientific_{uniform,bm25hard}.json``: the same GenSR
-configuration's seed-0 run and the 3-seed means). Writes
-``benchmarks/results/gensr_training_length.{md,json}``: the long run's validation curve and,
-per candidate strategy and task, test N@10 / R@10 of the long run, of the 800-step run of the
-same seed, and of each ``--against`` run, with a paired t-test of the long run against each
-run here (the 800-step run's per-instance values are not committed, so it gets none).
+(``benchmarks/results/compare_scientific_{uniform,bm25hard}.json``: the recommended GenSR's
+3-seed means at 800 steps). Writes ``benchmarks/results/gensr_training_length.{md,json}``:
+each long run's validation curve and, per candidate strategy and task, test N@10 / R@10 of
+the long runs (mean ± std over the ``--run`` seeds), of the 800-step runs, and of each
+``--against`` run, with a paired t-test over the shared test instances of the long runs'
+per-instance metric (averaged over their seeds, as ``gensr compare`` does) against each
+``--against`` run. The 800-step rows have no per-instance values committed, so no test.
 """
 
 from __future__ import annotations
@@ -71,9 +73,12 @@ def per_task_values(stored: dict, task_of_row: dict[int, str]) -> dict[str, dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="the long GenSR run directory")
+    ap.add_argument("--run", type=Path, action="append", required=True,
+                    help="a long GenSR run directory (repeat for each seed)")
     ap.add_argument("--against", action="append", default=[], metavar="NAME=RUN_DIR")
-    ap.add_argument("--label", default="gensr", help="the long run's column in the tables")
+    ap.add_argument("--label", default="gensr-60min", help="the long runs' row")
+    ap.add_argument("--short", default="gensr",
+                    help="the committed tables' column of the same model at 800 steps")
     ap.add_argument("--out", type=Path, default=RESULTS / "gensr_training_length")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
@@ -81,52 +86,69 @@ def main() -> None:
     from gensr.data import load_data
     from gensr.data.batching import TASK_INDEX, eval_instances
 
-    long = read_run(args.run)
-    info = long["info"]
-    data = load_data(info["data_dir"])
+    longs = [read_run(r) for r in args.run]
+    first = longs[0]["info"]
+    if len({r["info"]["data_fingerprint"] for r in longs}) != 1:
+        raise SystemExit("the --run directories were trained on different data")
+    data = load_data(first["data_dir"])
     others = {}
     for spec in args.against:
         name, _, path = spec.partition("=")
         others[name] = read_run(Path(path))
 
-    curve = [{"step": h["step"], "epoch": h["epoch"], "value": h["value"],
-              **{f"{t}/N@10": h["metrics"][t]["N@10"] for t in h["metrics"]}}
-             for h in info["history"]]
-    timing = info.get("timing") or {}
-    report = {
-        "run": str(args.run), "label": args.label, "data": info["data_name"],
-        "fingerprint": info["data_fingerprint"], "steps": info["steps"],
-        "epochs": info["epochs"], "best_step": info["best_step"],
-        "stop_reason": info["stop_reason"], "wall_time_s": info["wall_time_s"],
-        "train_config": info["train_config"], "device_name": info.get("device_name"),
-        "timing": timing, "curve": curve, "strategies": {}, "note": args.note,
-    }
+    runs = []
+    for path, run in zip(args.run, longs):
+        info = run["info"]
+        runs.append({
+            "run": str(path), "seed": info["train_config"].get("seed"),
+            "steps": info["steps"], "epochs": info["epochs"], "best_step": info["best_step"],
+            "stop_reason": info["stop_reason"], "wall_time_s": float(info["wall_time_s"]),
+            "device_name": info.get("device_name"),
+            "curve": [{"step": h["step"], "epoch": h["epoch"], "value": h["value"],
+                       **{f"{t}/N@10": h["metrics"][t]["N@10"] for t in h["metrics"]}}
+                      for h in info["history"]]})
+    report = {"label": args.label, "data": first["data_name"],
+              "fingerprint": first["data_fingerprint"], "train_config": first["train_config"],
+              "runs": runs, "strategies": {}, "note": args.note}
+    name_of = {v: k for k, v in TASK_INDEX.items()}
     for strategy, stem in TABLES.items():
-        if strategy not in long["evals"]:
+        if not all(strategy in r["evals"] for r in longs):
             continue
-        stored = long["evals"][strategy]
-        settings = stored["signature"]["settings"]
+        stored = [r["evals"][strategy] for r in longs]
+        digest = stored[0]["signature"]["candidates"]
+        if any(x["signature"]["candidates"] != digest for x in stored):
+            raise SystemExit(f"the --run directories were evaluated on other {strategy} "
+                             "candidates")
+        settings = stored[0]["signature"]["settings"]
         table = eval_instances(data, settings["split"], max_instances=settings["max_instances"],
                                seed=settings["seed"], candidates=strategy)
-        name_of = {v: k for k, v in TASK_INDEX.items()}
         task_of_row = {i: name_of[int(t)] for i, t in enumerate(table.task)}
-        mine = per_task_values(stored, task_of_row)
+        per_seed = [per_task_values(x, task_of_row) for x in stored]
+        mine = {t: {"rows": per_seed[0][t]["rows"],
+                    **{m: np.mean([p[t][m] for p in per_seed], axis=0) for m in METRICS}}
+                for t in per_seed[0]}
+        mean = {t: {m: float(np.mean([x["metrics"][t][m] for x in stored])) for m in METRICS}
+                for t in mine}
+        std = {t: {m: float(np.std([x["metrics"][t][m] for x in stored],
+                                   ddof=1 if len(stored) > 1 else 0)) for m in METRICS}
+               for t in mine}
         committed = json.loads((RESULTS / f"{stem}.json").read_text())
-        short_runs = committed["models"][args.label]["runs"]
-        short = next(r for r in short_runs if r["seed"] == 0)
-        rows = {args.label: {"steps": info["steps"], "metrics": stored["metrics"]}}
-        rows[f"{args.label} 800 steps (seed 0)"] = {"steps": short["steps"],
-                                                     "metrics": short["metrics"]}
-        rows[f"{args.label} 800 steps (3 seeds)"] = {
-            "steps": short["steps"], "metrics": committed["models"][args.label]["mean"]}
+        short = committed["models"][args.short]
+        rows = {args.label: {"seeds": len(stored), "steps": [r["steps"] for r in runs],
+                             "metrics": mean, "std": std,
+                             "per_seed": [x["metrics"] for x in stored]},
+                f"{args.short} (800 steps, committed)": {
+                    "seeds": len(short["runs"]), "steps": [r["steps"] for r in short["runs"]],
+                    "metrics": short["mean"], "std": short["std"]}}
         tests: dict[str, dict] = {}
         for name, other in others.items():
             if strategy not in other["evals"]:
                 continue
             ostored = other["evals"][strategy]
-            if ostored["signature"]["candidates"] != stored["signature"]["candidates"]:
+            if ostored["signature"]["candidates"] != digest:
                 raise SystemExit(f"{name}: evaluated on other {strategy} candidates")
-            rows[name] = {"steps": other["info"]["steps"], "metrics": ostored["metrics"]}
+            rows[name] = {"seeds": 1, "steps": [other["info"]["steps"]],
+                          "metrics": ostored["metrics"]}
             theirs = per_task_values(ostored, task_of_row)
             for task, vals in theirs.items():
                 pos = {r: j for j, r in enumerate(mine[task]["rows"])}
@@ -135,8 +157,7 @@ def main() -> None:
                     res = paired_test(mine[task][m][idx], vals[m])
                     tests.setdefault(name, {}).setdefault(task, {})[m] = {
                         "n": len(idx), "diff": res.diff, "p_value": res.p_value}
-        report["strategies"][strategy] = {"rows": rows, "tests": tests,
-                                          "candidates": stored["signature"]["candidates"]}
+        report["strategies"][strategy] = {"rows": rows, "tests": tests, "candidates": digest}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -148,39 +169,54 @@ def main() -> None:
 def markdown(r: dict) -> str:
     tc = r["train_config"]
     lines = [
-        f"# GenSR with the full training budget ({r['data']})", "",
-        f"`{r['run']}`: {r['steps']} steps ({r['epochs']} epochs) in "
-        f"{float(r['wall_time_s']) / 60:.1f} min, stopped by `{r['stop_reason']}`, best "
-        f"validation at step {r['best_step']}; lr {tc['lr']} with {tc['warmup_steps']} warm-up "
-        f"steps and linear decay over {tc.get('max_steps')} steps or {tc['max_epochs']} epochs "
-        f"(time budget {tc['time_budget_min']} min), validation every {tc['eval_every']} steps "
-        f"on {tc['eval_max_instances']} instances; {r['device_name']}.", "",
-        "## Validation curve", "",
-        "| step | epoch | mean N@10 | rec N@10 | search N@10 |", "|---:|---:|---:|---:|---:|"]
-    for h in r["curve"]:
-        star = " *" if h["step"] == int(r["best_step"]) else ""
-        lines.append(f"| {h['step']} | {h['epoch']:.2f} | {h['value']:.4f}{star} | "
-                     f"{h.get('rec/N@10', float('nan')):.4f} | "
-                     f"{h.get('src/N@10', float('nan')):.4f} |")
+        f"# GenSR with the full 60-minute training budget ({r['data']})", "",
+        f"`{r['label']}`: the recommended GenSR of configs/compare_fair_cpu.yaml, lr {tc['lr']} "
+        f"with {tc['warmup_steps']} warm-up steps and linear decay over "
+        f"{tc.get('max_steps')} steps or {tc['max_epochs']} epochs, stopped by the "
+        f"{tc['time_budget_min']:g}-minute time budget; validation every {tc['eval_every']} "
+        f"steps on {tc['eval_max_instances']} instances, the best kept.", "",
+        "| run | steps | epochs | best step | stop | train min | device |",
+        "|---|---:|---:|---:|---|---:|---|"]
+    for run in r["runs"]:
+        lines.append(f"| `{run['run']}` | {run['steps']} | {run['epochs']} | "
+                     f"{run['best_step']} | {run['stop_reason']} | "
+                     f"{run['wall_time_s'] / 60:.1f} | {run['device_name']} |")
+    lines += ["", "## Validation curves (mean N@10 over both tasks; * = best)", ""]
+    steps = sorted({h["step"] for run in r["runs"] for h in run["curve"]})
+    lines += ["| step | " + " | ".join(f"seed {run['seed']}" for run in r["runs"]) + " |",
+              "|---:|" + "---:|" * len(r["runs"])]
+    for step in steps:
+        cells = []
+        for run in r["runs"]:
+            h = next((h for h in run["curve"] if h["step"] == step), None)
+            star = " *" if h is not None and step == int(run["best_step"]) else ""
+            cells.append("–" if h is None else f"{h['value']:.4f}{star}")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
     for strategy, block in r["strategies"].items():
         lines += ["", f"## Test, {strategy} candidates", "",
-                  "p: paired t-test of the long run against that run over their shared test "
-                  "instances (two-sided; the 800-step rows come from the committed tables, "
-                  "without per-instance values).", "",
-                  "| model | steps | " + " | ".join(
+                  f"Mean ± std over seeds; p: paired t-test of `{r['label']}` (per-instance "
+                  "metric averaged over its seeds) against that run over their shared test "
+                  "instances, two-sided. The 800-step row comes from the committed table "
+                  "(no per-instance values, no test).", "",
+                  "| model | seeds | steps | " + " | ".join(
                       f"{TASKS[t]} {m}" for t in TASKS for m in METRICS) + " |",
-                  "|---|---:|" + "---:|" * (len(TASKS) * len(METRICS))]
+                  "|---|---:|---|" + "---:|" * (len(TASKS) * len(METRICS))]
         for name, row in block["rows"].items():
             cells = []
             for t in TASKS:
                 for m in METRICS:
                     v = row["metrics"].get(t, {}).get(m)
+                    sd = (row.get("std") or {}).get(t, {}).get(m)
                     test = block["tests"].get(name, {}).get(t, {}).get(m)
                     cell = "–" if v is None else f"{v:.4f}"
+                    if v is not None and sd is not None and row["seeds"] > 1:
+                        cell += f" ± {sd:.4f}"
                     if test is not None:
                         cell += f" (p {test['p_value']:.2g})"
                     cells.append(cell)
-            lines.append(f"| {name} | {row['steps']} | " + " | ".join(cells) + " |")
+            steps_text = ", ".join(str(x) for x in row["steps"])
+            lines.append(f"| {name} | {row['seeds']} | {steps_text} | " + " | ".join(cells)
+                         + " |")
     if r.get("note"):
         lines += ["", r["note"]]
     return "\n".join(lines) + "\n"

@@ -433,8 +433,13 @@ def test_committed_compare_configs(tmp_path):
     long = by_name["gensr-60min"]
     assert long.model_config == recommended
     assert long.train_config.time_budget_min == 60 and long.train_config.max_steps > 10_000
-    for name in set(fair.variants) - {"gensr-60min"}:
+    for name in set(fair.variants) - {"gensr-60min", "disc-long"}:
         assert by_name[name].train_values == by_name["gensr"].train_values
+    # disc-long: disc's model with a longer time budget, beside gensr-60min
+    assert by_name["disc-long"].kind == "disc"
+    assert by_name["disc-long"].model_config == by_name["disc"].model_config
+    assert by_name["disc-long"].train_config.time_budget_min > \
+        by_name["disc"].train_config.time_budget_min
     for plan in plans:
         if plan.trainable:
             t = plan.train_config
