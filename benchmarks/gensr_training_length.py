@@ -21,13 +21,14 @@ per-instance metric (averaged over their seeds, as ``gensr compare`` does) again
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from pathlib import Path
 
 import numpy as np
 
+from gensr.compare import EVAL_FILE, strategy_suffix
 from gensr.eval.significance import paired_test
+from gensr.runs import read_run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,22 +37,11 @@ TASKS = {"rec": "Recommendation", "src": "Search"}
 METRICS = ("N@10", "R@10")
 
 
-def _value(x):
-    """run.json stores some fields as Python reprs; read them back."""
-    if isinstance(x, str):
-        try:
-            return ast.literal_eval(x)
-        except (ValueError, SyntaxError):
-            return x
-    return x
-
-
 def read_run(run: Path) -> dict:
-    info = {k: _value(v) for k, v in json.loads((run / "run.json").read_text()).items()}
+    info = read_run_info(run)
     evals = {}
     for strategy in TABLES:
-        path = run / ("compare_eval.json" if strategy == "uniform"
-                      else f"compare_eval.{strategy}.json")
+        path = run / f"{Path(EVAL_FILE).stem}{strategy_suffix(strategy)}.json"
         if path.exists():
             evals[strategy] = json.loads(path.read_text())
     return {"info": info, "evals": evals}

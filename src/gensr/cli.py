@@ -502,13 +502,15 @@ def serve_cmd(
     from gensr.serve.ranker import Limits
     from gensr.serve.server import resolve_api_key, serve
 
-    threads_of_retrieval: int | str | None = {"auto": "auto", "all": None}.get(
-        retrieve_threads.strip().lower(), retrieve_threads)
-    if isinstance(threads_of_retrieval, str) and threads_of_retrieval != "auto":
-        if not threads_of_retrieval.strip().isdigit() or int(threads_of_retrieval) < 1:
-            raise ConfigError(f"--retrieve-threads must be auto, all or a number >= 1, got "
-                              f"{retrieve_threads!r}")
-        threads_of_retrieval = int(threads_of_retrieval)
+    text = retrieve_threads.strip().lower()
+    threads_of_retrieval: int | str | None
+    if text in ("auto", "all"):
+        threads_of_retrieval = "auto" if text == "auto" else None
+    elif text.isdigit() and int(text) >= 1:
+        threads_of_retrieval = int(text)
+    else:
+        raise ConfigError(f"--retrieve-threads must be auto, all or a number >= 1, got "
+                          f"{retrieve_threads!r}")
 
     serve(run_dir, host=host, port=port, api_key=resolve_api_key(api_key, api_key_file),
           insecure=insecure, data=data, device=device,

@@ -43,7 +43,7 @@ DEFAULT_TOP_K = 10
 DEFAULT_RERANK_N = 100
 # Catalogues up to this size are retrieved with one intra-op thread on CPU (retrieve_threads
 # "auto"): the service scores in a worker thread, where two intra-op threads made a SASRec
-# query 3-4x slower (~1.5 vs 0.4 ms) on the 2-core development machine, and one dense pass
+# query ~4x slower (~1.4 vs 0.3 ms) on the 2-core development machine, and one dense pass
 # over 100k items is still a few ms on one core.
 SMALL_CATALOGUE = 100_000
 
