@@ -210,3 +210,60 @@ def test_evaluate_reads_the_chosen_strategy(lab_dir):
     result = CliRunner().invoke(app, ["evaluate", "--model", "pop", "--data", str(lab_dir),
                                       "--candidates", "popular"])
     assert result.exit_code == 0 and "popular candidates" in result.output
+
+
+def test_training_hard_negatives_come_from_the_query_top_bm25_pool(lab_dir):
+    from gensr.data.batching import TrainSampler
+
+    data = load_data(lab_dir)
+    plain = TrainSampler(data, 3, seed=5)
+    pool_size = 10
+    hard = TrainSampler(data, 3, seed=5, hard_negatives=2, hard_pool=pool_size)
+    a, order_a = hard.epoch(0)
+    b, order_b = plain.epoch(0)
+    assert np.array_equal(order_a, order_b)  # the same visit order and uniform stream
+    src = hard.src_rows
+    assert len(src) > 0 and (a.task[src] == 1).all()
+    rec = np.setdiff1d(np.arange(len(a)), src)
+    assert np.array_equal(a.candidates[rec], b.candidates[rec])  # rec rows: all uniform
+    # the last negative stays the uniform draw, unless one of the hard ones is that item:
+    # then it is swapped for one of the row's unused uniform draws
+    uniform = b.candidates[src, 3]
+    clash = (uniform[:, None] == a.candidates[src, 1:3]).any(axis=1)
+    assert clash.any() and (~clash).sum() > clash.sum()  # both paths on this small catalogue
+    assert np.array_equal(a.candidates[src, 3][~clash], uniform[~clash])
+    assert all(a.candidates[r, 3] in b.candidates[r, 1:3] for r in src[clash])
+    negs = a.candidates[src, 1:]
+    assert all(len(set(row)) == 3 for row in negs)  # distinct, never the positive
+    assert not (negs == a.candidates[src, :1]).any()
+    assert not hard.interacted.contains(a.user[src], negs).any()  # never a training item
+    index = BM25Index(data.item_text, data.item_category)
+    every = np.arange(1, data.n_items + 1)
+    for row in src[:40]:
+        user, query = a.user[row], a.query[row]
+        scores = index.score(analyze(data.query_text[query]), every)
+        free = ~hard.interacted.contains(np.full(len(every), user), every)
+        # the pool: the user's pool_size best untouched items for the query
+        cut = np.sort(scores[free])[::-1][pool_size - 1]
+        assert (scores[a.candidates[row, 1:3] - 1] >= cut).all()
+        assert scores[a.candidates[row, 1:3] - 1].max() > 0
+    c, _ = hard.epoch(1)
+    assert not np.array_equal(c.candidates[src, 1:3], a.candidates[src, 1:3])  # redrawn
+    again, _ = TrainSampler(data, 3, seed=5, hard_negatives=2, hard_pool=pool_size).epoch(0)
+    assert np.array_equal(again.candidates, a.candidates)  # seeded
+
+
+def test_training_hard_negatives_are_checked(lab_dir):
+    from gensr.data.batching import TrainSampler
+    from gensr.errors import ConfigError
+    from gensr.train.config import TrainConfig
+
+    data = load_data(lab_dir)
+    with pytest.raises(DataError, match="hard_negatives must be in"):
+        TrainSampler(data, 3, hard_negatives=4)
+    with pytest.raises(DataError, match="hard_pool"):
+        TrainSampler(data, 3, hard_negatives=2, hard_pool=1)
+    with pytest.raises(ConfigError, match="train.hard_negatives"):
+        TrainConfig(n_negatives=3, hard_negatives=5)
+    with pytest.raises(ConfigError, match="train.hard_pool"):
+        TrainConfig(hard_negatives=2, hard_pool=1)

@@ -15,8 +15,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from gensr.data.candidates import InteractedSet, sample_negatives
+from gensr.data.bm25 import BM25Index
+from gensr.data.candidates import InteractedSet, bm25_hard_negatives, sample_negatives
 from gensr.data.dataset import SRData
+from gensr.data.text import analyze
+from gensr.errors import DataError
 
 TASK_INDEX = {"rec": 0, "src": 1}
 
@@ -174,9 +177,17 @@ class TrainSampler:
     split* (what a model may know at training time; the user's valid and test items are future
     events and stay eligible, as in the LightGCN sampler), anew each epoch from
     ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
+
+    ``hard_negatives`` > 0 replaces that many of each *search* instance's ``k`` negatives by
+    items drawn (uniformly, anew each epoch) from its query's ``hard_pool`` highest-BM25 items
+    that the user never interacted with in training: the evaluation's ``bm25-hard`` index
+    (item text + category path, k1 1.2, b 0.75) on the training queries. Recommendation
+    instances, and the other ``k - hard_negatives`` negatives, stay uniform; the uniform draw
+    is the same stream as without hard negatives.
     """
 
-    def __init__(self, data: SRData, n_negatives: int, seed: int = 0) -> None:
+    def __init__(self, data: SRData, n_negatives: int, seed: int = 0, *,
+                 hard_negatives: int = 0, hard_pool: int = 100) -> None:
         train = data.train().sort("user_id", "seq", "behaviour")
         self.data = data
         self.k = int(n_negatives)
@@ -187,6 +198,31 @@ class TrainSampler:
         self.query = train["query_id"].fill_null(0).to_numpy().astype(np.int64)
         self.seq = train["seq"].to_numpy().astype(np.int64)
         self.interacted = InteractedSet(self.user, self.item, data.n_items)
+        self.hard = int(hard_negatives)
+        if not 0 <= self.hard <= self.k:
+            raise DataError(f"hard_negatives must be in [0, n_negatives = {self.k}], "
+                            f"got {self.hard}")
+        self.src_rows = np.nonzero((self.task == 1) & (self.query > 0))[0]
+        self.pool = np.zeros((0, 0), dtype=np.int32)
+        if self.hard and len(self.src_rows):
+            self.pool = self._hard_pool(int(hard_pool))
+
+    def _hard_pool(self, size: int) -> np.ndarray:
+        """(n search rows, pool): each row's query's top-BM25 items the user never touched."""
+        if size < self.hard:
+            raise DataError(f"hard_pool ({size}) must be >= hard_negatives ({self.hard})")
+        users = self.user[self.src_rows]
+        room = int((self.data.n_items - self.interacted.n_interacted(users)).min())
+        size = min(size, room)
+        if size < self.hard:
+            raise DataError(f"a user has only {room} items it never interacted with in "
+                            f"training, fewer than hard_negatives ({self.hard})")
+        bm25 = BM25Index(self.data.item_text, self.data.item_category)
+        terms = [analyze(q) for q in self.data.query_text]
+        tiebreak = np.random.default_rng([self.seed, 2]).permutation(self.data.n_items)
+        pool = bm25_hard_negatives(bm25, terms, users, self.query[self.src_rows],
+                                   self.interacted, size, tiebreak)
+        return pool.astype(np.int32)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -195,9 +231,27 @@ class TrainSampler:
         """The epoch's instances and the shuffled order to visit them in."""
         rng = np.random.default_rng([self.seed, epoch])
         negatives = sample_negatives(rng, self.user, self.interacted, self.k)
+        if self.hard and len(self.pool):
+            negatives[self.src_rows] = self._with_hard(
+                negatives[self.src_rows], np.random.default_rng([self.seed, epoch, 1]))
         cands = np.concatenate([self.item[:, None], negatives], axis=1)
         labels = np.zeros(cands.shape, dtype=np.float32)
         labels[:, 0] = 1.0
         table = InstanceTable(user=self.user, task=self.task, query=self.query, seq=self.seq,
                               candidates=cands, labels=labels)
         return table, rng.permutation(len(table))
+
+    def _with_hard(self, uniform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Search rows' negatives: ``hard`` pool items, then the last ``k - hard`` uniform
+        ones; a uniform item that is also one of the row's hard ones is swapped for one of
+        the row's unused uniform draws (its first ``hard``), so the negatives stay distinct."""
+        h = self.hard
+        pick = np.argsort(rng.random(self.pool.shape), axis=1)[:, :h]
+        hard = np.take_along_axis(self.pool, pick, axis=1).astype(np.int64)
+        rest = uniform[:, h:].copy()
+        clash = (rest[:, :, None] == hard[:, None, :]).any(axis=2)
+        for row in np.nonzero(clash.any(axis=1))[0]:
+            spare = [x for x in uniform[row, :h] if x not in hard[row]]
+            for col in np.nonzero(clash[row])[0]:
+                rest[row, col] = spare.pop(0)
+        return np.concatenate([hard, rest], axis=1)

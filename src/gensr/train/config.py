@@ -21,6 +21,10 @@ class TrainConfig:
 
     # data: each instance = 1 positive + n_negatives sampled negatives (labels 1, 0, 0, …)
     n_negatives: int = 3
+    # of a search instance's n_negatives, how many come from its query's hard_pool top-BM25
+    # items the user never touched in training (the rest uniform; 0 = all uniform, the paper's)
+    hard_negatives: int = 0
+    hard_pool: int = 100
     batch_size: int = 128  # instances per optimizer step (over all processes together)
     # optimisation: AdamW on the model's param_groups, linear warm-up then linear decay to 0
     lr: float = 1e-3
@@ -52,6 +56,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.hard_negatives <= self.n_negatives:
+            raise ConfigError(f"train.hard_negatives must be in [0, train.n_negatives = "
+                              f"{self.n_negatives}], got {self.hard_negatives}")
+        if self.hard_pool < max(1, self.hard_negatives):
+            raise ConfigError(f"train.hard_pool must be >= max(1, train.hard_negatives), got "
+                              f"{self.hard_pool}")
         for name in ("max_steps", "eval_every", "eval_max_instances"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -193,7 +193,8 @@ def fit(
         log = _silent  # one process reports
 
     # data: the training interactions of the tasks the model serves, in a per-epoch order
-    sampler = TrainSampler(data, config.n_negatives, seed=config.seed)
+    sampler = TrainSampler(data, config.n_negatives, seed=config.seed,
+                           hard_negatives=config.hard_negatives, hard_pool=config.hard_pool)
     keep = np.isin(sampler.task, [TASK_INDEX[t] for t in model.tasks])
     n_train = int(keep.sum())
     if n_train == 0:
