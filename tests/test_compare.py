@@ -3,6 +3,7 @@ resumption of interrupted ones, seeds, and errors at the boundary."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -433,8 +434,17 @@ def test_committed_compare_configs(tmp_path):
     long = by_name["gensr-60min"]
     assert long.model_config == recommended
     assert long.train_config.time_budget_min == 60 and long.train_config.max_steps > 10_000
-    for name in set(fair.variants) - {"gensr-60min", "disc-long"}:
+    hard = {"gensr-hard1": "gensr", "gensr-hard2": "gensr", "disc-hard": "disc",
+            "tem-hard": "tem", "unisar-hard": "unisar"}
+    for name in set(fair.variants) - {"gensr-60min", "disc-long"} - set(hard):
         assert by_name[name].train_values == by_name["gensr"].train_values
+    # the hard-negative ablation rows: their base model with only train.hard_negatives changed
+    for name, base in hard.items():
+        assert by_name[name].kind == by_name[base].kind
+        assert by_name[name].model_config == by_name[base].model_config
+        ours, theirs = by_name[name].train_config, by_name[base].train_config
+        assert ours.hard_negatives > 0 and theirs.hard_negatives == 0
+        assert dataclasses.replace(ours, hard_negatives=0, seed=theirs.seed) == theirs
     # disc-long: disc's model with a longer time budget, beside gensr-60min
     assert by_name["disc-long"].kind == "disc"
     assert by_name["disc-long"].model_config == by_name["disc"].model_config

@@ -521,14 +521,10 @@ def evaluate_for_compare(run_dir: Path, info: dict[str, Any], data: SRData,
     used = resolve_precision(precision, pick_device(device))
     if info.get("model") == "gensr" and used != "fp32":  # fp32 keeps earlier caches valid
         signature["precision"] = used
-    cache = run_dir / f"{Path(EVAL_FILE).stem}{strategy_suffix(settings.candidates)}.json"
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored.get("signature") == _normal(signature) and "per_instance" in stored:
-            per = stored["per_instance"]
-            return RunEval(stored["metrics"], np.asarray(per["rows"], dtype=np.int64),
-                           {m: np.asarray(per[m], dtype=np.float64) for m in TABLE_METRICS},
-                           float(stored["time_s"]), True)
+    cache = eval_file(run_dir, settings.candidates)
+    found = stored_eval(run_dir, settings.candidates)
+    if found is not None and found[1] == _normal(signature):
+        return found[0]
     start = time.time()
     model, _ = load_run(run_dir, data, device)
     prepare_inference(model, precision, fast_path)
@@ -545,6 +541,29 @@ def evaluate_for_compare(run_dir: Path, info: dict[str, Any], data: SRData,
         "per_instance": {"rows": rows.tolist(), **{m: v.tolist() for m, v in kept.items()}},
     }))
     return RunEval(metrics, rows, kept, seconds, False)
+
+
+def eval_file(run_dir: Path, strategy: str = DEFAULT_STRATEGY) -> Path:
+    """``RUN_DIR/compare_eval[.STRATEGY].json``: where compare caches a run's evaluation."""
+    return Path(run_dir) / f"{Path(EVAL_FILE).stem}{strategy_suffix(strategy)}.json"
+
+
+def stored_eval(run_dir: Path, strategy: str = DEFAULT_STRATEGY
+                ) -> tuple[RunEval, dict[str, Any]] | None:
+    """The evaluation that ``compare`` cached for the run on ``strategy``'s candidates, with
+    its signature (settings, candidates digest, run state), or None if there is none with
+    per-instance values."""
+    cache = eval_file(run_dir, strategy)
+    if not cache.exists():
+        return None
+    stored = json.loads(cache.read_text())
+    if "per_instance" not in stored:
+        return None
+    per = stored["per_instance"]
+    run = RunEval(stored["metrics"], np.asarray(per["rows"], dtype=np.int64),
+                  {m: np.asarray(per[m], dtype=np.float64) for m in TABLE_METRICS},
+                  float(stored["time_s"]), True)
+    return run, stored.get("signature", {})
 
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]],
