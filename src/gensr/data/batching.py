@@ -15,10 +15,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from gensr.data.bm25 import BM25Index
-from gensr.data.candidates import InteractedSet, bm25_hard_negatives, sample_negatives
+from gensr.data.candidates import (
+    InteractedSet,
+    bm25_hard_negatives,
+    bm25_query_index,
+    sample_negatives,
+)
 from gensr.data.dataset import SRData
-from gensr.data.text import analyze
 from gensr.errors import DataError
 
 TASK_INDEX = {"rec": 0, "src": 1}
@@ -217,8 +220,7 @@ class TrainSampler:
         if size < self.hard:
             raise DataError(f"a user has only {room} items it never interacted with in "
                             f"training, fewer than hard_negatives ({self.hard})")
-        bm25 = BM25Index(self.data.item_text, self.data.item_category)
-        terms = [analyze(q) for q in self.data.query_text]
+        bm25, terms = bm25_query_index(self.data)
         tiebreak = np.random.default_rng([self.seed, 2]).permutation(self.data.n_items)
         pool = bm25_hard_negatives(bm25, terms, users, self.query[self.src_rows],
                                    self.interacted, size, tiebreak)
@@ -231,7 +233,7 @@ class TrainSampler:
         """The epoch's instances and the shuffled order to visit them in."""
         rng = np.random.default_rng([self.seed, epoch])
         negatives = sample_negatives(rng, self.user, self.interacted, self.k)
-        if self.hard and len(self.pool):
+        if len(self.pool):  # hard negatives asked for, and search rows to give them to
             negatives[self.src_rows] = self._with_hard(
                 negatives[self.src_rows], np.random.default_rng([self.seed, epoch, 1]))
         cands = np.concatenate([self.item[:, None], negatives], axis=1)

@@ -40,6 +40,7 @@ import polars as pl
 import pyarrow as pa
 
 from gensr.data.bm25 import BM25Index
+from gensr.data.text import analyze
 from gensr.errors import DataError
 
 if TYPE_CHECKING:
@@ -269,6 +270,12 @@ def build_candidates(
     return tables
 
 
+def bm25_query_index(data: SRData) -> tuple[BM25Index, list[list[str]]]:
+    """The ``bm25-hard`` index (item text + category path, the ``bm25`` scorer's defaults)
+    and the analysed terms of every query, indexed by query id."""
+    return BM25Index(data.item_text, data.item_category), [analyze(q) for q in data.query_text]
+
+
 def bm25_order(bm25: BM25Index, terms: list[str], tiebreak: np.ndarray) -> np.ndarray:
     """Item ids by BM25 for ``terms``, highest first; ties in the order of ``tiebreak`` (a
     permutation of 0..n_items-1: item ``i + 1`` comes before item ``j + 1`` when
@@ -323,7 +330,6 @@ def write_candidates(
     import pyarrow.parquet as pq
 
     from gensr.data import schema
-    from gensr.data.text import analyze
 
     check_strategy(strategy)
     seed = int(data.meta.get("seed", 0)) if seed is None else int(seed)
@@ -336,8 +342,7 @@ def write_candidates(
         raise DataError(f"{existing[0]} exists (use --overwrite to replace it)")
     bm25, terms, settings = None, None, {}
     if strategy == "bm25-hard":
-        bm25 = BM25Index(data.item_text, data.item_category)  # the bm25 scorer's defaults
-        terms = [analyze(q) for q in data.query_text]
+        bm25, terms = bm25_query_index(data)
         settings = {"k1": 1.2, "b": 0.75, "use_category": True}
     started = time.time()
     tables = build_candidates(data.interactions, data.n_items, seed=seed,
