@@ -137,14 +137,18 @@ def test_fused_t5_is_offered_only_for_t5(tiny_data):
 def test_speed_settings_resolve_and_validate():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = Speed()
-    assert auto.resolve(cpu, 512, True) == Speed(runner="fused", bucket=2, chunk=512)
-    assert auto.resolve(cpu, 512, False) == Speed(runner="hf", bucket=2, chunk=512)
-    assert auto.resolve(cuda, 512, True) == Speed(runner="fused", bucket=8, chunk=4096)
+    assert auto.resolve(cpu, 512, True) == Speed(runner="fused", bucket=2, chunk=512,
+                                                 dropout="fast")
+    assert auto.resolve(cpu, 512, False) == Speed(runner="hf", bucket=2, chunk=512,
+                                                  dropout="fast")
+    assert auto.resolve(cuda, 512, True) == Speed(runner="fused", bucket=8, chunk=4096,
+                                                  dropout="torch")
     assert auto.resolve(cuda, 512, False).runner == "hf"
+    assert Speed.plain().resolve(cpu, 512, True).dropout == "torch"
     with pytest.raises(ConfigError, match="T5"):
         Speed(runner="fused").resolve(cpu, 512, False)
     for bad in ({"runner": "x"}, {"compile": "x"}, {"chunk": 0},
-                {"bucket": -1}, {"pad_to": 0}):
+                {"bucket": -1}, {"pad_to": 0}, {"dropout": "x"}):
         with pytest.raises(ConfigError):
             Speed(**bad)
     assert resolve_precision("auto", cpu) == "fp32"
@@ -180,6 +184,105 @@ def test_fast_path_trains_like_the_original_path(tiny_data):
         losses.append((float(loss.detach()), model.backbone.core.shared.weight.grad.clone()))
     assert abs(losses[0][0] - losses[1][0]) < 1e-6
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-6)
+
+
+# --- fast dropout masks (Speed.dropout) ------------------------------------------------------
+def test_fast_dropout_drops_p_and_scales_the_rest():
+    from gensr.tensor import dropout
+
+    x = torch.rand(200, 300) + 0.5  # no zeros of its own
+    torch.manual_seed(3)
+    y = dropout(x, 0.1, True)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - 0.1) < 5 * (0.1 * 0.9 / x.numel()) ** 0.5  # binomial, 5 sigma
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.9, rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1, True), y)  # torch's seed fixes the mask
+    assert not torch.equal(dropout(x, 0.1, True), y)  # the next call draws another
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    assert (dropout(x, 0.5, True) == 0).double().mean().item() == pytest.approx(0.5, abs=0.01)
+    half = dropout(x.to(torch.bfloat16), 0.3, True)
+    assert half.dtype == torch.bfloat16
+    assert (half == 0).double().mean().item() == pytest.approx(0.3, abs=0.01)
+    # the gradient is the same mask, scaled
+    leaf = x.clone().requires_grad_()
+    out = dropout(leaf, 0.2, True)
+    out.sum().backward()
+    assert torch.equal(leaf.grad == 0, out == 0)
+    assert torch.allclose(leaf.grad[out != 0], torch.full_like(leaf.grad[out != 0], 1.25))
+
+
+def test_attention_written_out_equals_sdpa():
+    from gensr.tensor import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 7, 8) for _ in range(3))
+    mask = torch.randn(1, 2, 7, 7)
+    mask[..., -2:] = float("-inf")
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    with torch.no_grad():  # the CPU inference path: written out
+        assert torch.allclose(attention(q, k, v, mask, scale=0.3), ref, atol=1e-5)
+    # training with fast dropout: the written-out path, with gradients; p -> weights dropped
+    leaf = q.clone().requires_grad_()
+    torch.manual_seed(1)
+    out = attention(leaf, k, v, mask, scale=0.3, p=0.5, fast_dropout=True)
+    out.sum().backward()
+    assert leaf.grad is not None and not torch.allclose(out, ref, atol=1e-3)
+    torch.manual_seed(1)
+    weights = torch.softmax(leaf.detach() @ k.transpose(-1, -2) * 0.3 + mask, dim=-1)
+    from gensr.tensor import dropout
+    assert torch.allclose(out, dropout(weights, 0.5, True) @ v, atol=1e-6)
+
+
+def test_view_encoder_written_out_equals_nn_and_drops_fast():
+    from gensr.models.gensr.views import _encoder, run_encoder
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 9, 16)
+    ignore = torch.zeros(6, 9, dtype=torch.bool)
+    ignore[:, :4] = True
+    ignore[0, :8] = True  # one row with a single visible key
+    plain = _encoder(16, 2, 2, 0.0).train()
+    assert torch.allclose(run_encoder(plain, x, ignore, True),
+                          plain(x, src_key_padding_mask=ignore), atol=1e-5)
+    dropped = _encoder(16, 2, 2, 0.3).train()
+    torch.manual_seed(5)
+    a = run_encoder(dropped, x, ignore, True)
+    torch.manual_seed(5)
+    assert torch.equal(run_encoder(dropped, x, ignore, True), a)  # seeded
+    dropped.eval()
+    assert not torch.allclose(a, dropped(x, src_key_padding_mask=ignore), atol=1e-3)
+    assert torch.equal(run_encoder(dropped, x, ignore, True),  # eval: nn's own forward
+                       dropped(x, src_key_padding_mask=ignore))
+
+
+def test_fast_dropout_is_used_in_training_and_seeded(tiny_data, monkeypatch):
+    import gensr.tensor as tensor_module
+    from gensr.data.batching import TrainSampler
+
+    table, order = TrainSampler(tiny_data, 3, seed=1).epoch(0)
+    batch = table.make_batch(tiny_data, order[:6], 8)
+    calls = []
+    real = tensor_module.dropout
+
+    def counting(x, p, training, fast=True):
+        calls.append(fast)
+        return real(x, p, training, fast)
+
+    losses = {}
+    for kind in ("fast", "torch", "fast"):
+        model = _model(tiny_data).train()
+        model.speed = Speed(dropout=kind)
+        calls.clear()
+        for module in ("gensr.tensor", "gensr.models.gensr.fused_t5", "gensr.models.gensr.views"):
+            monkeypatch.setattr(f"{module}.dropout", counting)
+        torch.manual_seed(7)
+        losses.setdefault(kind, []).append(float(model.loss(batch).loss.detach()))
+        fast_calls = sum(calls)  # views, T5 layers, attention weights
+        assert fast_calls > 10 if kind == "fast" else fast_calls == 0
+    assert losses["fast"][0] == losses["fast"][1]  # same seed, same masks
+    assert losses["fast"][0] != losses["torch"][0]  # other masks than torch's
 
 
 def test_bf16_weights_on_cpu(tiny_data):

@@ -289,6 +289,14 @@ class GenSR(SRModel):
         cfg: GenSRConfig = self.config  # type: ignore[assignment]
         return self.speed.resolve(self.device, cfg.score_chunk, self.fused_runner() is not None)
 
+    def _set_dropout(self, speed: Speed) -> None:
+        """Switch the views' and the fused pass's dropout masks to ``speed.dropout``."""
+        fast = speed.dropout == "fast"
+        self.cf_view.fast_dropout = self.semantic_view.fast_dropout = fast
+        runner = self.fused_runner()
+        if runner is not None:
+            runner.fast_dropout = fast
+
     def _logits_fn(self, speed: Speed) -> Callable:
         """The backbone pass ``(embeds, mask, shared=…) -> (N, V)`` for ``speed``."""
         key = (speed.runner, speed.compile)
@@ -456,6 +464,7 @@ class GenSR(SRModel):
         if batch.labels is None:
             raise ValueError("GenSR.loss needs a batch with labels")
         speed = self.resolved_speed()
+        self._set_dropout(speed)
         enc = self.encode_history(batch)
         vectors = self.slot_vectors(enc, batch.candidates)
         target = torch.where(batch.labels > 0.5, self.backbone.yes_id, self.backbone.no_id)

@@ -19,6 +19,7 @@ from gensr.errors import ConfigError
 
 RUNNERS = ("auto", "hf", "fused")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+DROPOUTS = ("auto", "torch", "fast")
 CUDA_CHUNK = 4096  # pointwise sequences per backbone call on CUDA (auto)
 CUDA_BUCKET = 8  # prompt-length band of a bucket on CUDA (auto), in tokens
 CPU_BUCKET = 2  # on CPU (auto): groups of prompts within 2 tokens of length (little padding)
@@ -41,6 +42,10 @@ class Speed:
     ``chunk``: pointwise sequences per backbone call (None: the config's
     ``score_chunk`` on CPU, at least 4096 on CUDA). ``compile``: ``torch.compile`` the
     backbone pass with this mode (``reduce-overhead`` = CUDA graphs); off by default.
+    ``dropout`` (training only): ``fast`` = the dropout masks of the views and of the fused
+    T5 pass drawn by :func:`gensr.tensor.dropout` (16 PCG64 bits per element, about 5x
+    faster than torch's single-threaded ``bernoulli_`` on CPU; other masks than torch's, so
+    a seeded run differs); ``torch`` = torch's own; ``auto`` = fast on CPU, torch on CUDA.
     """
 
     runner: str = "auto"
@@ -48,9 +53,11 @@ class Speed:
     pad_to: int = 1
     chunk: int | None = None
     compile: str = "off"
+    dropout: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("runner", RUNNERS), ("compile", COMPILE_MODES)):
+        for name, allowed in (("runner", RUNNERS), ("compile", COMPILE_MODES),
+                              ("dropout", DROPOUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"speed.{name} must be one of {list(allowed)}, "
                                   f"got {getattr(self, name)!r}")
@@ -64,8 +71,8 @@ class Speed:
     @classmethod
     def plain(cls) -> Speed:
         """The original path: the backbone's forward, no buckets, the config's chunk, no
-        compilation."""
-        return cls(runner="hf", bucket=0)
+        compilation, torch's dropout."""
+        return cls(runner="hf", bucket=0, dropout="torch")
 
     def resolve(self, device: torch.device, score_chunk: int, fused_ok: bool) -> Speed:
         """Concrete values for ``device`` (``fused_ok``: the backbone is a T5)."""
@@ -78,7 +85,9 @@ class Speed:
         bucket = (CUDA_BUCKET if cuda else CPU_BUCKET) if self.bucket is None else self.bucket
         chunk = self.chunk if self.chunk is not None else (
             max(score_chunk, CUDA_CHUNK) if cuda else score_chunk)
-        return dataclasses.replace(self, runner=runner, bucket=bucket, chunk=chunk)
+        dropout = ("torch" if cuda else "fast") if self.dropout == "auto" else self.dropout
+        return dataclasses.replace(self, runner=runner, bucket=bucket, chunk=chunk,
+                                   dropout=dropout)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from gensr.tensor import attention, dropout
 
 
 def _encoder(width: int, layers: int, heads: int, dropout: float) -> nn.TransformerEncoder:
@@ -13,6 +16,38 @@ def _encoder(width: int, layers: int, heads: int, dropout: float) -> nn.Transfor
     layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=width, dropout=dropout,
                                        batch_first=True)
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def run_encoder(encoder: nn.TransformerEncoder, x: torch.Tensor, ignore: torch.Tensor,
+                fast_dropout: bool) -> torch.Tensor:
+    """``encoder(x, src_key_padding_mask=ignore)``; in training with ``fast_dropout``, the
+    same post-norm layers written out (SDPA's math, :func:`gensr.tensor.dropout`'s fast CPU
+    masks for every dropout; nn's own layers draw them through ``bernoulli_``)."""
+    layers = encoder.layers
+    if not (fast_dropout and encoder.training and all(_plain_layer(la) for la in layers)):
+        return encoder(x, src_key_padding_mask=ignore)
+    b, t, d = x.shape
+    bias = torch.zeros(ignore.shape, dtype=x.dtype, device=x.device).masked_fill_(
+        ignore, float("-inf"))[:, None, None, :]  # (B, 1, 1, T) over the keys
+    for layer in layers:
+        sa = layer.self_attn
+        h, dh = sa.num_heads, d // sa.num_heads
+        q, k, v = (z.view(b, t, h, dh).transpose(1, 2)
+                   for z in F.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1))
+        heads = attention(q, k, v, bias, scale=dh ** -0.5, p=sa.dropout, fast_dropout=True)
+        attended = sa.out_proj(heads.transpose(1, 2).reshape(b, t, d))
+        x = layer.norm1(x + dropout(attended, layer.dropout1.p, True))
+        inner = dropout(F.relu(layer.linear1(x)), layer.dropout.p, True)
+        x = layer.norm2(x + dropout(layer.linear2(inner), layer.dropout2.p, True))
+    return x if encoder.norm is None else encoder.norm(x)
+
+
+def _plain_layer(layer: nn.Module) -> bool:
+    """Whether ``layer`` is the post-norm ReLU encoder layer that :func:`run_encoder` writes
+    out (what :func:`_encoder` builds)."""
+    return (type(layer) is nn.TransformerEncoderLayer and not layer.norm_first
+            and layer.activation_relu_or_gelu == 1 and layer.self_attn.batch_first
+            and layer.self_attn._qkv_same_embed_dim and layer.self_attn.in_proj_bias is not None)
 
 
 def _safe_padding_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -38,6 +73,7 @@ class CFView(nn.Module):
         self.dim = int(cf_table.shape[1])
         self.position = nn.Embedding(max_len, self.dim)
         self.encoder = _encoder(self.dim, layers, heads, dropout)
+        self.fast_dropout = False  # set by GenSR from its Speed (run_encoder)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Frozen CF vectors e^cf of item ids (any shape)."""
@@ -51,7 +87,7 @@ class CFView(nn.Module):
         x = self.item_vectors(items) + self.position(positions)[None]
         if extra is not None:
             x = x + extra
-        return self.encoder(x, src_key_padding_mask=_safe_padding_mask(mask))
+        return run_encoder(self.encoder, x, _safe_padding_mask(mask), self.fast_dropout)
 
 
 class SemanticView(nn.Module):
@@ -63,9 +99,10 @@ class SemanticView(nn.Module):
         super().__init__()
         self.position = nn.Embedding(max_tokens, d_model)
         self.encoder = _encoder(d_model, layers, heads, dropout)
+        self.fast_dropout = False  # set by GenSR from its Speed (run_encoder)
 
     def forward(self, token_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``token_embeddings`` (B, T, d) and ``mask`` (B, T) -> (B, T, d)."""
         positions = torch.arange(token_embeddings.shape[1], device=token_embeddings.device)
         x = token_embeddings + self.position(positions)[None]
-        return self.encoder(x, src_key_padding_mask=_safe_padding_mask(mask))
+        return run_encoder(self.encoder, x, _safe_padding_mask(mask), self.fast_dropout)
