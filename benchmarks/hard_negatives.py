@@ -8,7 +8,8 @@ bm25-hard candidates.
         --pair gensr=runs/fair/gensr/seed0,runs/fair/gensr-hard2/seed0 ...
 
 Each ``--pair LABEL=BASE,VARIANT`` names two run directories that ``gensr compare`` trained
-and evaluated (``compare_eval[.bm25-hard].json``). Writes
+and evaluated (``compare_eval[.bm25-hard].json``); any two such runs can be paired
+(``--title``/``--intro`` say what they differ in, ``--out`` where to write). Writes
 ``benchmarks/results/hard_negatives.{md,json}``: per pair, candidate strategy and task the
 base's and the variant's N@10 / R@10, the change and a paired t-test over the shared test
 instances (two-sided), and each run's steps, stop reason and hard-negative setting.
@@ -71,13 +72,17 @@ def compare_pair(base: Path, variant: Path, data, strategy: str) -> dict | None:
     return out
 
 
+TITLE = "Hard training negatives (train.hard_negatives)"
+INTRO = ("Each pair: the same model, config and seed, trained with uniform negatives (base) "
+         "and with `hard_negatives` of its search instances' negatives drawn from the "
+         "query's 100 top-BM25 items the user never touched in training (variant); rec "
+         "instances keep uniform negatives.")
+
+
 def markdown(report: dict) -> str:
-    lines = ["# Hard training negatives (train.hard_negatives)", "",
-             "Each pair: the same model, config and seed, trained with uniform negatives "
-             "(base) and with `hard_negatives` of its search instances' negatives drawn "
-             "from the query's 100 top-BM25 items the user never touched in training "
-             "(variant); rec instances keep uniform negatives. Δ = variant − base, p: paired "
-             "t-test over the shared test instances, two-sided.", "",
+    lines = [f"# {report.get('title') or TITLE}", "",
+             f"{report.get('intro') or INTRO} Δ = variant − base, p: paired t-test over the "
+             "shared test instances, two-sided.", "",
              "| pair | candidates | task | base N@10 | variant N@10 | Δ N@10 (p) | "
              "base R@10 | variant R@10 | Δ R@10 (p) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -108,11 +113,14 @@ def main() -> None:
     ap.add_argument("--pair", action="append", required=True, metavar="LABEL=BASE,VARIANT")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--note", default="", help="a closing paragraph for the Markdown")
+    ap.add_argument("--title", default=TITLE, help="the Markdown's heading (other pairs of "
+                    "runs than hard negatives, e.g. the fast dropout masks of docs/speed.md)")
+    ap.add_argument("--intro", default=INTRO, help="what each pair's two runs differ in")
     args = ap.parse_args()
 
     from gensr.data import load_data
 
-    report: dict = {"pairs": {}, "note": args.note}
+    report: dict = {"pairs": {}, "note": args.note, "title": args.title, "intro": args.intro}
     data = None
     for spec in args.pair:
         label, _, dirs = spec.partition("=")
