@@ -30,7 +30,7 @@ def _train(out, data_dir, cf, *extra):
 
 
 def test_tiny_gensr_run_learns(tmp_path, tiny_data_dir, tiny_cf_path):
-    info = _train(tmp_path / "run", tiny_data_dir, tiny_cf_path, "train.max_steps=600",
+    info = _train(tmp_path / "run", tiny_data_dir, tiny_cf_path, "train.max_steps=300",
                   "train.eval_every=150", "train.eval_max_instances=300")
     losses = [h["train_loss"] for h in info["history"]]
     assert losses[-1] < losses[0]
@@ -38,7 +38,7 @@ def test_tiny_gensr_run_learns(tmp_path, tiny_data_dir, tiny_cf_path):
     model, _ = load_run(tmp_path / "run", data)
     test = evaluate(model, data, "test", progress=False, batch_size=20)
     for task in ("rec", "src"):
-        assert test[task]["R@10"] > 0.2, test  # random is 0.10
+        assert test[task]["R@10"] > 0.2, test  # random is 0.10 (300 steps: rec 0.31, src 0.48)
 
 
 def test_gensr_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, tiny_cf_path):

@@ -41,9 +41,9 @@ def _precision_option():
 
 def _fast_path_option():
     """``--fast-path/--no-fast-path`` of the commands that score with GenSR."""
-    return typer.Option(True, "--fast-path/--no-fast-path", help="GenSR's speed levers on CUDA "
-                        "(fused T5 pass, length buckets, larger chunks); --no-fast-path runs "
-                        "the original path.")
+    return typer.Option(True, "--fast-path/--no-fast-path", help="GenSR's speed levers (fused T5 "
+                        "pass and length buckets on every device, larger chunks on CUDA; "
+                        "docs/speed.md); --no-fast-path runs the original path.")
 
 @data_app.command("prepare")
 def data_prepare(
