@@ -244,8 +244,17 @@ def test_view_encoder_written_out_equals_nn_and_drops_fast():
     ignore[:, :4] = True
     ignore[0, :8] = True  # one row with a single visible key
     plain = _encoder(16, 2, 2, 0.0).train()
-    assert torch.allclose(run_encoder(plain, x, ignore, True),
-                          plain(x, src_key_padding_mask=ignore), atol=1e-5)
+    assert torch.equal(run_encoder(plain, x, ignore, True),  # no dropout: nn's own forward
+                       plain(x, src_key_padding_mask=ignore))
+    written = _encoder(16, 2, 2, 0.3).train()
+    for module in written.modules():  # the written-out layers, dropout rates 0 but one
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for layer in written.layers:
+        layer.self_attn.dropout = 0.0
+    written.layers[0].dropout2.p = 1e-12  # never drops (16 bits), but takes the written path
+    assert torch.allclose(run_encoder(written, x, ignore, True),
+                          written(x, src_key_padding_mask=ignore), atol=1e-5)
     dropped = _encoder(16, 2, 2, 0.3).train()
     torch.manual_seed(5)
     a = run_encoder(dropped, x, ignore, True)

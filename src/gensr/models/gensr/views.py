@@ -24,7 +24,8 @@ def run_encoder(encoder: nn.TransformerEncoder, x: torch.Tensor, ignore: torch.T
     same post-norm layers written out (SDPA's math, :func:`gensr.tensor.dropout`'s fast CPU
     masks for every dropout; nn's own layers draw them through ``bernoulli_``)."""
     layers = encoder.layers
-    if not (fast_dropout and encoder.training and all(_plain_layer(la) for la in layers)):
+    if not (fast_dropout and encoder.training and all(_plain_layer(la) for la in layers)
+            and any(_dropout_rates(la) for la in layers)):  # nothing to draw: nn's forward
         return encoder(x, src_key_padding_mask=ignore)
     b, t, d = x.shape
     bias = torch.zeros(ignore.shape, dtype=x.dtype, device=x.device).masked_fill_(
@@ -40,6 +41,12 @@ def run_encoder(encoder: nn.TransformerEncoder, x: torch.Tensor, ignore: torch.T
         inner = dropout(F.relu(layer.linear1(x)), layer.dropout.p, True)
         x = layer.norm2(x + dropout(layer.linear2(inner), layer.dropout2.p, True))
     return x if encoder.norm is None else encoder.norm(x)
+
+
+def _dropout_rates(layer: nn.Module) -> bool:
+    """Whether any dropout of the encoder ``layer`` (attention, FFN, residuals) is above 0."""
+    return any(rate > 0 for rate in (layer.self_attn.dropout, layer.dropout.p,
+                                     layer.dropout1.p, layer.dropout2.p))
 
 
 def _plain_layer(layer: nn.Module) -> bool:
