@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from scipy import stats
 
-from gensr.compare import stored_eval
+from gensr.compare import stored_eval, summarise
+from gensr.runs import read_run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "fast_dropout_quality"
@@ -55,14 +55,8 @@ def fast_side(run_dirs: list[Path], reference: dict) -> dict:
                                                            "ties", "candidates")))
         if not same:
             raise SystemExit(f"{run} was evaluated on other test instances than the torch side")
-        seed = json.loads((run / "run.json").read_text())["train_config"]["seed"]
-        out[seed] = result.metrics
+        out[read_run_info(run)["train_config"]["seed"]] = result.metrics
     return out
-
-
-def summary(values: list[float]) -> dict:
-    return {"values": values, "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def main() -> None:
@@ -86,11 +80,15 @@ def main() -> None:
              "per-seed values, two-sided.", "",
              "| task | metric | torch masks | fast masks | Δ | p |",
              "|---|---|---:|---:|---:|---:|"]
+    sides = {"torch": torch_runs, "fast": fast_runs}
+    stat = {side: summarise([{"metrics": m} for _, m in sorted(runs.items())])
+            for side, runs in sides.items()}  # (mean, sample std) per task and metric
     for task, name in TASKS.items():
         report["tasks"][task] = {}
         for m in METRICS:
-            a = summary([torch_runs[s][task][m] for s in sorted(torch_runs)])
-            b = summary([fast_runs[s][task][m] for s in sorted(fast_runs)])
+            a, b = ({"values": [r[task][m] for _, r in sorted(sides[side].items())],
+                     "mean": stat[side][0][task][m], "std": stat[side][1][task][m]}
+                    for side in ("torch", "fast"))
             p = (float(stats.ttest_ind(b["values"], a["values"], equal_var=False).pvalue)
                  if len(a["values"]) > 1 and len(b["values"]) > 1 else float("nan"))
             report["tasks"][task][m] = {"torch": a, "fast": b, "diff": b["mean"] - a["mean"],

@@ -103,10 +103,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
               *, scale: float, p: float = 0.0, fast_dropout: bool = False) -> torch.Tensor:
     """softmax(q·kᵀ·scale + mask)·v over (..., T, d) heads, dropout ``p`` on the weights.
 
-    SDPA (:func:`torch.nn.functional.scaled_dot_product_attention`), except on CPU in two
-    cases, where SDPA's math is written out: when ``p`` > 0 and ``fast_dropout`` is on (the
-    weights dropped with :func:`dropout`'s fast mask; SDPA's own dropout draws through
-    ``bernoulli_``), and when no gradient is needed (at GenSR's head size of 16 and prompts
+    SDPA (:func:`torch.nn.functional.scaled_dot_product_attention`), except in two cases,
+    where SDPA's math is written out: when ``p`` > 0 and ``fast_dropout`` is on (the weights
+    dropped by :func:`dropout`, fast on CPU; SDPA's own dropout draws through
+    ``bernoulli_``), and on CPU when no gradient is needed (at GenSR's head size of 16 and prompts
     of 10-30 positions, SDPA's CPU flash kernel takes about twice as long as the three
     written-out steps; results agree to rounding, ~2e-6)."""
     no_grad = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
