@@ -152,3 +152,68 @@ def test_candidate_text_field_picks_the_item_text_it_names(tiny_data, field_name
     assert model.candidate_tokens.shape == (tiny_data.n_items + 1, n)
     with pytest.raises(ConfigError, match="candidate_text_field"):
         GenSRConfig(candidate_text_field="title")
+
+
+def test_query_match_needs_candidate_text():
+    with pytest.raises(ConfigError, match="candidate_text_len"):
+        GenSRConfig(query_match=True)
+    assert GenSRConfig(query_match=True, candidate_text_len=4).query_match
+
+
+def test_query_match_marks_exactly_the_candidate_tokens_found_in_the_query(tiny_data):
+    n = 8
+    model = _model(tiny_data, candidate_text_len=n, candidate_text_field="category+text",
+                   query_match=True).eval()
+    plain = _model(tiny_data, candidate_text_len=n, candidate_text_field="category+text").eval()
+    batch = _batch(tiny_data)
+    assert (batch.task == 1).any() and (batch.task == 0).any()
+    with torch.no_grad():  # a distinct, non-zero match vector, so any stray addition shows
+        model.query_match.copy_(torch.arange(model.backbone.d_model, dtype=torch.float) + 1.0)
+        enc = model.encode_history(batch)
+        got = model.slot_vectors(enc, batch.candidates)["candidate_text"]
+        base = plain.slot_vectors(plain.encode_history(batch), batch.candidates)
+    pad = model.backbone.pad_id
+    text = model.candidate_tokens[batch.candidates]  # (B, C, n)
+    matches = 0
+    for row in range(len(batch)):
+        query = set(model.query_tokens[int(batch.query[row])].tolist()) if batch.task[row] == 1 \
+            else set()
+        for c in range(batch.candidates.shape[1]):
+            for k in range(n):
+                token = int(text[row, c, k])
+                hit = token != pad and token in query
+                matches += hit
+                expected = base["candidate_text"][row, c, k] + (model.query_match if hit else 0)
+                assert torch.allclose(got[row, c, k], expected, atol=1e-6)
+    assert matches > 0  # the tiny data's queries share words with their items' categories
+    assert (enc.query_tokens[batch.task == 0] == pad).all()  # rec: nothing to match
+
+
+def test_query_match_starts_as_the_text_model_and_then_learns(tiny_data):
+    kw = {"candidate_text_len": 8, "candidate_text_field": "category+text"}
+    batch = _batch(tiny_data)
+    text, model = _model(tiny_data, **kw).eval(), _model(tiny_data, **kw, query_match=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(text.score(batch), model.score(batch), atol=1e-6)
+    model.train()
+    model.loss(batch).loss.backward()
+    assert float(model.query_match.grad.abs().sum()) > 0
+    torch.optim.Adam([model.query_match], lr=1e-2).step()
+    model.eval()
+    with torch.no_grad():
+        moved = (text.score(batch) - model.score(batch)).abs()
+    assert float(moved[batch.task == 1].max()) > 1e-6  # search scores change ...
+    assert float(moved[batch.task == 0].max()) == 0.0  # ... rec scores cannot
+
+
+def test_query_match_reads_queries_added_after_training(tiny_data):
+    model = _model(tiny_data, candidate_text_len=8, candidate_text_field="category+text",
+                   query_match=True).eval()
+    item = next(i for i in range(1, tiny_data.n_items + 1) if tiny_data.item_category[i])
+    words = tiny_data.item_category[item]
+    (qid,) = model.add_queries([f"{words} zzunseenzz"])
+    rows = model.query_tokens.padded(torch.tensor([qid, 0]))
+    assert rows.shape == (2, model.query_tokens.table.shape[1])
+    row = model.query_tokens[qid]
+    assert rows[0, : len(row)].tolist() == row.tolist()
+    assert (rows[1] == model.backbone.pad_id).all()

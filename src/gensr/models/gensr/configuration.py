@@ -68,6 +68,9 @@ class GenSRConfig(ModelConfig):
             raise ConfigError(f"model.candidate_text_field must be one of "
                               f"{', '.join(CANDIDATE_TEXT_FIELDS)}, got "
                               f"{self.candidate_text_field!r}")
+        if self.query_match and self.candidate_text_len <= 0:
+            raise ConfigError("model.query_match marks the candidate's text tokens that occur "
+                              "in the query: it needs model.candidate_text_len > 0")
 
     backbone: str = "google/flan-t5-base"
     backbone_gguf_file: str = ""  # a GGUF file inside the `backbone` directory (dequantised)
@@ -116,6 +119,10 @@ class GenSRConfig(ModelConfig):
     # a learned rec/search marker added to each history position of both views (the paper's
     # views do not know which behaviour an interaction was)
     behaviour_marker: bool = False
+    # a learned vector added to each of the candidate's text tokens (candidate_text_len) that
+    # also occurs among the search query's tokens: an exact-match feature (DrQA's), so the
+    # backbone need not learn to find word overlap from scratch; needs candidate_text_len > 0
+    query_match: bool = False
     # scoring: pointwise sequences per backbone call (bounds memory, not results)
     score_chunk: int = 512
     # scratch backbone (backbone = "scratch-t5")

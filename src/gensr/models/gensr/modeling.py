@@ -59,12 +59,13 @@ class HistoryEncoding:
     sem_mask: torch.Tensor | None
     prompt_ids: torch.Tensor  # (B, T) with slot markers
     prompt_mask: torch.Tensor  # (B, T)
+    query_tokens: torch.Tensor | None = None  # (B, Q) search query's tokens (query_match)
 
     def select(self, index: torch.Tensor | slice) -> HistoryEncoding:
         pick = (lambda x: None if x is None else x[index])  # noqa: E731
         return HistoryEncoding(pick(self.cf), pick(self.cf_mask), pick(self.sem),
                                pick(self.sem_mask), pick(self.prompt_ids),
-                               pick(self.prompt_mask))
+                               pick(self.prompt_mask), pick(self.query_tokens))
 
 
 class TokenRows:
@@ -90,6 +91,16 @@ class TokenRows:
 
     def append(self, row: torch.Tensor) -> None:
         self.extra.append(row)
+
+    def padded(self, index: torch.Tensor) -> torch.Tensor:
+        """(len(index), width) rows ``index``, padded like the table."""
+        if not self.extra or bool((index < len(self.table)).all()):
+            return self.table[index.cpu()].to(index.device)
+        out = torch.full((len(index), self.table.shape[1]), self.pad_id, dtype=torch.long)
+        for i, q in enumerate(index.tolist()):
+            row = self[q][: self.table.shape[1]]
+            out[i, : len(row)] = row
+        return out.to(index.device)
 
 
 def data_token_table(tokenizer, data: SRData, texts: list[str], width: int, kind: str
@@ -225,6 +236,9 @@ class GenSR(SRModel):
         if config.item_embedding:  # a trainable vector per item, zero at the start
             self.item_embedding = nn.Embedding(data.n_items + 1, d_model, padding_idx=0)
             nn.init.zeros_(self.item_embedding.weight)
+        self.query_match = None
+        if config.query_match:  # added to candidate tokens found in the query, zero at start
+            self.query_match = nn.Parameter(torch.zeros(d_model))
         self.cf_behaviour = self.sem_behaviour = None
         if config.behaviour_marker:  # 1 = rec, 2 = search (0 = padding), zero at the start
             self.cf_behaviour = nn.Embedding(3, self.cf_view.dim, padding_idx=0)
@@ -339,7 +353,11 @@ class GenSR(SRModel):
                 embedded = embedded + self.sem_behaviour(behaviour).repeat_interleave(n, dim=1)
             sem = self.semantic_view(embedded, sem_mask)
         ids, prompt_mask = self.prompts.layout(batch.task, batch.query, self.query_tokens)
-        return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask)
+        query = None
+        if self.query_match is not None:  # rec instances: all padding (nothing matches)
+            query = self.query_tokens.padded(batch.query)
+            query = query.masked_fill(batch.task[:, None] != 1, self.backbone.pad_id)
+        return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask, query)
 
     # --- the candidate-dependent part ------------------------------------------------------
     def slot_vectors(self, enc: HistoryEncoding, candidates: torch.Tensor
@@ -374,8 +392,14 @@ class GenSR(SRModel):
             out["sem_candidate"] = e_sem
         if cfg.candidate_text_len:
             text = self.candidate_tokens[candidates]  # (B, C, N)
+            real = text != self.backbone.pad_id
             out["candidate_text"] = self.backbone.embed(text)
-            out["candidate_text_mask"] = text != self.backbone.pad_id
+            if self.query_match is not None and enc.query_tokens is not None:
+                query = enc.query_tokens  # (B, Q); a pad never matches (real below)
+                found = (text[..., None] == query[:, None, None, :]).any(dim=-1) & real
+                out["candidate_text"] = out["candidate_text"] + (
+                    found[..., None].to(self.query_match.dtype) * self.query_match)
+            out["candidate_text_mask"] = real
         return out
 
     def prompt_embeddings(self, enc: HistoryEncoding, vectors: dict[str, torch.Tensor]
