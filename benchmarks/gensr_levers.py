@@ -6,7 +6,8 @@ window, validation subset and seed, evaluated on the same test instances.
         --cf data/scientific_cf/cf.safetensors [--config configs/compare_fair_cpu.yaml]
 
 Runs (or reuses) ``gensr compare`` for the variants of the config (seed 0 unless --seeds),
-then writes ``benchmarks/results/gensr_levers.{md,json}``: per variant and task R@10 / N@10,
+then writes ``benchmarks/results/gensr_levers.{md,json}`` (``gensr_levers.STRATEGY.*`` with
+``--candidates`` other than uniform): per variant and task R@10 / N@10,
 the change from the paper's GenSR with a paired t-test over the shared test instances, the
 best validation step, the steps trained and the training time. The levers are documented in
 docs/levers.md.
@@ -30,8 +31,11 @@ ROWS = {  # column in the compare config -> what it is
     "gensr-paper-text": "+ candidate text in the prompt (candidate_text_len 20, category+text)",
     "gensr-paper-item": "+ trainable item embedding (item_embedding)",
     "gensr-paper-marker": "+ behaviour marker (behaviour_marker)",
-    "gensr": "gensr's recommended GenSR (all three levers)",
+    "gensr-nomatch": "text + item embedding + behaviour marker (no query_match)",
+    "gensr": "gensr's recommended GenSR (all four levers: the three + query_match)",
 }
+# (variant, its base): the change one lever makes on top of the others, paired-tested
+PAIRS = (("gensr", "gensr-nomatch"),)
 TASKS = {"rec": "Recommendation", "src": "Search"}
 METRICS = ("R@10", "N@10")
 
@@ -68,6 +72,26 @@ def lever_table(report: dict, instances: pl.DataFrame, names: list[str],
     return rows
 
 
+def pair_table(instances: pl.DataFrame, names: list[str]) -> list[dict]:
+    """For each (variant, base) of :data:`PAIRS` that ran: the change in N@10 per task and
+    its paired t-test."""
+    out = []
+    for variant, base in PAIRS:
+        if variant not in names or base not in names:
+            continue
+        row = {"variant": variant, "base": base, "tasks": {}}
+        for task in TASKS:
+            part = instances.filter(pl.col("task") == task)
+            mine = part[f"{variant}/N@10"].to_numpy().astype(np.float64)
+            ref = part[f"{base}/N@10"].to_numpy().astype(np.float64)
+            row["tasks"][task] = {"base N@10": round(float(np.mean(ref)), 4),
+                                  "N@10": round(float(np.mean(mine)), 4),
+                                  "N@10 delta": round(float(np.mean(mine) - np.mean(ref)), 4),
+                                  "N@10 p": float(paired_test(mine, ref, "t-test").p_value)}
+        out.append(row)
+    return out
+
+
 def markdown(result: dict) -> str:
     """The ablation as one Markdown table, with how it was made."""
     lines = ["# GenSR levers: ablation on amazon-scientific", "",
@@ -94,6 +118,17 @@ def markdown(result: dict) -> str:
     for name, row in result["rows"].items():
         curve = ", ".join(f"{p['step']}: {p['value']:.4f}" for p in row["valid_curve"])
         lines.append(f"- `{name}` ({row['stop_reason']}): {curve}")
+    if result.get("pairs"):
+        lines += ["", "One lever on top of the others (paired t-test over the same test "
+                  "instances):", "", "| variant vs base | rec N@10 | Δ (p) | search N@10 | Δ (p) |",
+                  "|---|---:|---:|---:|---:|"]
+        for pair in result["pairs"]:
+            cells = [f"`{pair['variant']}` vs `{pair['base']}`"]
+            for task in TASKS:
+                t = pair["tasks"][task]
+                cells += [f"{t['base N@10']:.4f} → {t['N@10']:.4f}",
+                          f"{t['N@10 delta']:+.4f} ({t['N@10 p']:.2g})"]
+            lines.append("| " + " | ".join(cells) + " |")
     if result.get("not_run"):
         lines += ["", "Not run (no CPU time left in the session that made this table): "
                   + ", ".join(f"`{n}` ({ROWS[n]})" for n in result["not_run"]) + "."]
@@ -130,10 +165,12 @@ def main() -> None:
               "instances": report["eval"]["instances"], "config": args.config,
               "threads": args.threads, "created": report["created"],
               "rows": lever_table(report, instances, names),
+              "pairs": pair_table(instances, names),
               "not_run": [n for n in ROWS if n not in names]}
     out = Path(args.results)
-    (out / "gensr_levers.json").write_text(json.dumps(result, indent=2))
-    (out / "gensr_levers.md").write_text(markdown(result))
+    stem = f"gensr_levers{strategy_suffix(args.candidates)}"  # uniform: no suffix
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 
