@@ -25,10 +25,10 @@ def test_pair_table_gives_the_change_and_the_paired_test(levers):
     mine = [1.0, 0.5, 1.0, 0.6, 0.3, 0.1]
     instances = pl.DataFrame({
         "task": ["rec"] * 3 + ["src"] * 3,
-        "gensr/N@10": mine, "gensr-nomatch/N@10": base,
+        "gensr-800/N@10": mine, "gensr-nomatch/N@10": base,
     })
-    (row,) = levers.pair_table(instances, ["gensr-paper", "gensr-nomatch", "gensr"])
-    assert (row["variant"], row["base"]) == ("gensr", "gensr-nomatch")
+    (row,) = levers.pair_table(instances, ["gensr-paper", "gensr-nomatch", "gensr-800"])
+    assert (row["variant"], row["base"]) == ("gensr-800", "gensr-nomatch")
     rec, src = row["tasks"]["rec"], row["tasks"]["src"]
     assert rec["N@10 delta"] == pytest.approx(1.0 / 3, abs=1e-4)
     assert src["base N@10"] == pytest.approx(0.1667, abs=1e-4)
@@ -36,8 +36,8 @@ def test_pair_table_gives_the_change_and_the_paired_test(levers):
     expected = stats.ttest_rel(mine[3:], base[3:]).pvalue
     assert src["N@10 p"] == pytest.approx(expected)
     # a pair whose base did not run is left out; the markdown names the pair
-    assert levers.pair_table(instances, ["gensr-paper", "gensr"]) == []
+    assert levers.pair_table(instances, ["gensr-paper", "gensr-800"]) == []
     md = levers.markdown({"instances": {"rec": 3, "src": 3}, "candidates": "uniform",
                           "seeds": [0], "rows": {}, "pairs": [row], "threads": "t",
                           "created": "c"})
-    assert "`gensr` vs `gensr-nomatch`" in md and "+0.3333" in md
+    assert "`gensr-800` vs `gensr-nomatch`" in md and "+0.3333" in md
