@@ -1,7 +1,8 @@
 """Does GenSR train as well with the fast CPU dropout masks (``Speed.dropout``, docs/speed.md)?
 
+    git show 6a7cf34:benchmarks/results/compare_scientific_uniform.json > /tmp/torch_masks.json
     python benchmarks/fast_dropout_quality.py \\
-        --torch-compare benchmarks/results/compare_scientific_uniform.json --model gensr \\
+        --torch-compare /tmp/torch_masks.json --model gensr \\
         --fast-run runs/fastdrop/gensr/seed0 --fast-run runs/fastdrop/gensr/seed1 ...
 
 The torch side is a committed ``gensr compare`` result (its per-seed test metrics, trained with
