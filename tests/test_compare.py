@@ -428,16 +428,20 @@ def test_committed_compare_configs(tmp_path):
         (0, False, False)  # the paper's model: no lever
     recommended = by_name["gensr"].model_config
     assert recommended.candidate_text_len > 0 and recommended.item_embedding
-    assert recommended.behaviour_marker
-    # the ablation variants differ from the paper's GenSR in their model settings only; the
-    # 60-minute variant is the recommended model with the whole time budget
+    assert recommended.behaviour_marker and recommended.query_match
+    # gensr-800: the recommended model at the ablation's budget; gensr-nomatch: without the
+    # query_match lever; the 60-minute variant is the three-lever model it was measured on
+    assert by_name["gensr-800"].model_config == recommended
+    three = by_name["gensr-nomatch"].model_config
+    assert three == dataclasses.replace(recommended, query_match=False)
     long = by_name["gensr-60min"]
-    assert long.model_config == recommended
+    assert long.model_config == three
     assert long.train_config.time_budget_min == 60 and long.train_config.max_steps > 10_000
-    hard = {"gensr-hard1": "gensr", "gensr-hard2": "gensr", "disc-hard": "disc",
-            "tem-hard": "tem", "unisar-hard": "unisar"}
+    hard = {"gensr-hard1": "gensr-nomatch", "gensr-hard2": "gensr-nomatch",
+            "gensr-hard1-match": "gensr-800", "disc-hard": "disc", "tem-hard": "tem",
+            "unisar-hard": "unisar"}
     for name in set(fair.variants) - {"gensr-60min", "disc-long"} - set(hard):
-        assert by_name[name].train_values == by_name["gensr"].train_values
+        assert by_name[name].train_values == by_name["gensr-800"].train_values, name
     # the hard-negative ablation rows: their base model with only train.hard_negatives changed
     for name, base in hard.items():
         assert by_name[name].kind == by_name[base].kind
@@ -455,7 +459,8 @@ def test_committed_compare_configs(tmp_path):
             t = plan.train_config
             assert (t.eval_max_instances, t.eval_fraction, t.eval_seed) == (1000, 1.0, 0)
     gensr_train = next(p for p in plans if p.name == "gensr").train_config
-    assert gensr_train.time_budget_min == 60
+    assert gensr_train.time_budget_min == 60  # the cap, and more steps than the rows
+    assert gensr_train.max_steps > by_name["gensr-800"].train_config.max_steps
     assert fair.significance.reference == "gensr" and fair.eval.candidates == "uniform"
 
     old = compare_mod.load_compare_config(configs / "compare_cpu.yaml")
