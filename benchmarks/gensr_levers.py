@@ -41,6 +41,19 @@ TASKS = {"rec": "Recommendation", "src": "Search"}
 METRICS = ("R@10", "N@10")
 
 
+def _values(part: pl.DataFrame, name: str, metric: str) -> np.ndarray:
+    """``name``'s per-instance ``metric`` over the instances of ``part``."""
+    return part[f"{name}/{metric}"].to_numpy().astype(np.float64)
+
+
+def paired_change(part: pl.DataFrame, name: str, base: str, metric: str) -> dict:
+    """``{metric} delta`` (mean of ``name`` minus mean of ``base``, rounded to 4 places) and
+    ``{metric} p`` (two-sided paired t-test) over the instances of ``part``."""
+    mine, ref = _values(part, name, metric), _values(part, base, metric)
+    return {f"{metric} delta": round(float(np.mean(mine) - np.mean(ref)), 4),
+            f"{metric} p": float(paired_test(mine, ref, "t-test").p_value)}
+
+
 def lever_table(report: dict, instances: pl.DataFrame, names: list[str],
                 reference: str = "gensr-paper") -> dict:
     """Rows of the ablation: metrics, change from ``reference`` and its paired t-test p."""
@@ -61,13 +74,9 @@ def lever_table(report: dict, instances: pl.DataFrame, names: list[str],
             part = instances.filter(pl.col("task") == task)
             cell = {}
             for metric in METRICS:
-                mine = part[f"{name}/{metric}"].to_numpy().astype(np.float64)
-                cell[metric] = round(float(np.mean(mine)), 4)
+                cell[metric] = round(float(np.mean(_values(part, name, metric))), 4)
                 if name != reference:
-                    ref = part[f"{reference}/{metric}"].to_numpy().astype(np.float64)
-                    test = paired_test(mine, ref, "t-test")
-                    cell[f"{metric} delta"] = round(float(np.mean(mine) - np.mean(ref)), 4)
-                    cell[f"{metric} p"] = float(test.p_value)
+                    cell.update(paired_change(part, name, reference, metric))
             row["tasks"][task] = cell
         rows[name] = row
     return rows
@@ -83,12 +92,10 @@ def pair_table(instances: pl.DataFrame, names: list[str]) -> list[dict]:
         row = {"variant": variant, "base": base, "tasks": {}}
         for task in TASKS:
             part = instances.filter(pl.col("task") == task)
-            mine = part[f"{variant}/N@10"].to_numpy().astype(np.float64)
-            ref = part[f"{base}/N@10"].to_numpy().astype(np.float64)
-            row["tasks"][task] = {"base N@10": round(float(np.mean(ref)), 4),
-                                  "N@10": round(float(np.mean(mine)), 4),
-                                  "N@10 delta": round(float(np.mean(mine) - np.mean(ref)), 4),
-                                  "N@10 p": float(paired_test(mine, ref, "t-test").p_value)}
+            row["tasks"][task] = {
+                "base N@10": round(float(np.mean(_values(part, base, "N@10"))), 4),
+                "N@10": round(float(np.mean(_values(part, variant, "N@10"))), 4),
+                **paired_change(part, variant, base, "N@10")}
         out.append(row)
     return out
 
