@@ -438,9 +438,10 @@ def test_committed_compare_configs(tmp_path):
     assert long.model_config == three
     assert long.train_config.time_budget_min == 60 and long.train_config.max_steps > 10_000
     hard = {"gensr-hard1": "gensr-nomatch", "gensr-hard2": "gensr-nomatch",
-            "gensr-hard1-match": "gensr-800", "disc-hard": "disc", "tem-hard": "tem",
-            "unisar-hard": "unisar"}
-    for name in set(fair.variants) - {"gensr-60min", "disc-long"} - set(hard):
+            "gensr-hard1-match": "gensr-800", "gensr": "gensr-nohard", "disc-hard": "disc",
+            "tem-hard": "tem", "unisar-hard": "unisar"}
+    # gensr-nohard: the recommended gensr without its hard negatives, at the same budget
+    for name in set(fair.variants) - {"gensr-60min", "disc-long", "gensr-nohard"} - set(hard):
         assert by_name[name].train_values == by_name["gensr-800"].train_values, name
     # the hard-negative ablation rows: their base model with only train.hard_negatives changed
     for name, base in hard.items():
@@ -461,6 +462,10 @@ def test_committed_compare_configs(tmp_path):
     gensr_train = next(p for p in plans if p.name == "gensr").train_config
     assert gensr_train.time_budget_min == 60  # the cap, and more steps than the rows
     assert gensr_train.max_steps > by_name["gensr-800"].train_config.max_steps
+    # gensr-hard1-match is the recommended gensr at the ablation's budget
+    assert dataclasses.replace(by_name["gensr-hard1-match"].train_config,
+                               max_steps=gensr_train.max_steps, eval_every=gensr_train.eval_every,
+                               seed=gensr_train.seed) == gensr_train
     assert fair.significance.reference == "gensr" and fair.eval.candidates == "uniform"
 
     old = compare_mod.load_compare_config(configs / "compare_cpu.yaml")
