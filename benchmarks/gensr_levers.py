@@ -1,6 +1,7 @@
 """The ablation of gensr's GenSR levers (issue 15): the paper's GenSR, the paper's GenSR plus
-one lever each, and gensr's recommended GenSR (all levers: ``gensr-800``, the recommended
-model with the ablation's 800 steps), trained with the same budget,
+one lever each, and gensr's recommended model (all four model levers: ``gensr-800``, the
+recommended model with the ablation's 800 steps and without the recommendation's hard
+training negatives), trained with the same budget,
 window, validation subset and seed, evaluated on the same test instances.
 
     python benchmarks/gensr_levers.py --data data/scientific --out runs/fair \\
@@ -33,7 +34,8 @@ ROWS = {  # column in the compare config -> what it is
     "gensr-paper-item": "+ trainable item embedding (item_embedding)",
     "gensr-paper-marker": "+ behaviour marker (behaviour_marker)",
     "gensr-nomatch": "text + item embedding + behaviour marker (no query_match)",
-    "gensr-800": "gensr's recommended GenSR (all four levers: the three + query_match)",
+    "gensr-800": "gensr's recommended model (all four levers: the three + query_match), "
+                 "no hard negatives",
 }
 # (variant, its base): the change one lever makes on top of the others, paired-tested
 PAIRS = (("gensr-800", "gensr-nomatch"),)
