@@ -1,7 +1,9 @@
 """One measurement of GenSR's CPU speed, run by ``benchmarks/cpu_speed.py`` in a child process
 against one gensr source tree (``PYTHONPATH=TREE/src``), so an old commit and the new one are
 measured the same way. Uses only APIs that both sides have: load_data, GenSR, TrainSampler,
-``loss``/``score``, eval_instances and rank_metrics.
+``loss``/``score``, eval_instances and rank_metrics; the optimizer is the tree's trainer's
+(``gensr.train.loop.make_optimizer`` where the tree has it, else torch's AdamW, as the old
+trainer used).
 
 Prints one JSON line: training steps/s, scoring prompts/s, the first losses and the metrics
 (for the equality check), and the thread settings.
@@ -51,7 +53,12 @@ def main() -> None:
     # training: fixed batches from the seeded sampler, AdamW, the trainer's clipping
     sampler = TrainSampler(data, args.negatives, seed=args.seed)
     table, order = sampler.epoch(0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:  # the tree's own trainer's optimizer (fused AdamW where torch has it), else plain AdamW
+        from gensr.train.loop import make_optimizer
+        optimizer = make_optimizer([{"params": params}], 1e-3)
+    except ImportError:
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
     losses, times = [], []
     n_steps = args.warmup_steps + args.train_steps
     for step in range(n_steps):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from gensr.errors import ConfigError, RunError
 from gensr.models.baselines.sasrec import SASRec
 from gensr.train import TrainConfig, build_configs, fit, train_run
-from gensr.train.loop import warmup_linear
+from gensr.train.loop import make_optimizer, warmup_linear
 
 SMALL = ["model.hidden=32", "model.n_layers=1", "model.max_his_len=20"]
 
@@ -175,6 +175,47 @@ def test_existing_run_dir_needs_resume(tmp_path, tiny_data_dir):
 def test_warmup_then_linear_decay():
     f = warmup_linear(4, 14)
     assert [round(f(s), 2) for s in (0, 3, 4, 9, 14)] == [0.2, 0.8, 1.0, 0.5, 0.0]
+
+
+def _adamw_trajectory(optimizer_of, steps: int = 5) -> list[torch.Tensor]:
+    """The weights of a small linear model after each of ``steps`` AdamW steps (fixed data)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    groups = [{"params": [model.weight], "weight_decay": 0.1},
+              {"params": [model.bias], "weight_decay": 0.0}]
+    optimizer = optimizer_of(groups)
+    x, y = torch.randn(32, 8), torch.randn(32, 3)
+    out = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        out.append(model.weight.detach().clone())
+    return out
+
+
+def test_make_optimizer_fuses_adamw_and_matches_the_plain_update():
+    fused = make_optimizer([{"params": [torch.nn.Parameter(torch.ones(2))]}], 1e-3)
+    has_cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    assert fused.defaults["fused"] is (True if has_cpu_fused else None)
+    plain = _adamw_trajectory(lambda g: torch.optim.AdamW(g, lr=1e-2))
+    made = _adamw_trajectory(lambda g: make_optimizer(g, 1e-2))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, made))
+    assert not torch.equal(plain[0], plain[-1])  # the steps moved the weights
+
+
+def test_make_optimizer_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
+    real = torch.optim.AdamW
+
+    def no_fused(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               "Tensors of supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    optimizer = make_optimizer([{"params": [torch.nn.Parameter(torch.ones(2))]}], 1e-3)
+    assert isinstance(optimizer, real) and not optimizer.defaults["fused"]
 
 
 def _gensr(capsys, *args: str) -> tuple[int, str]:

@@ -38,7 +38,7 @@ from gensr.models.registry import model_class
 from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device
 from gensr.train.config import TrainConfig
-from gensr.train.loop import warmup_linear
+from gensr.train.loop import make_optimizer, warmup_linear
 from gensr.train.run import build_configs, build_model
 
 
@@ -206,7 +206,7 @@ def run_grad_conflict(
         named = shared_params(model)
         params = [p for _, p in named]
         groups = [g for g in model.param_groups(train.weight_decay) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=train.lr)
+        optimizer = make_optimizer(groups, train.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_linear(train.warmup_steps, steps))
         info[spec.label] = {"model": model.name,

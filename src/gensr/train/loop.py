@@ -1,14 +1,14 @@
 """The one training loop every trainable model goes through (nanoGPT-style: all of it here).
 
-Per optimizer step: a batch of ``batch_size`` instances (a positive and ``n_negatives``
-sampled negatives each, labels 1/0), ``model.loss(batch)`` under autocast, backward, grad-norm
-clipping, AdamW step (the model's ``param_groups``: no decay on biases and norms), linear
-warm-up then linear decay. Every ``eval_every`` steps: :func:`evaluate_table` on a seeded
-subset of the valid instances, the best model saved with ``save_pretrained(RUN_DIR)``, early
-stopping after ``patience`` validations without improvement, and the resumable checkpoint
-``RUN_DIR/last/`` (see :mod:`gensr.train.checkpoint`). A run stops at the first of: early
-stopping, ``max_steps``, ``max_epochs`` and ``time_budget_min``; ``run.json`` records which
-(``stop_reason``).
+Per optimizer step: a batch of ``batch_size`` instances (a positive and ``n_negatives`` sampled
+negatives each, labels 1/0), ``model.loss(batch)`` under autocast, backward, grad-norm
+clipping, AdamW step (torch's fused kernel where it has one; the model's ``param_groups``: no
+decay on biases and norms), linear warm-up then linear decay. Every ``eval_every`` steps:
+:func:`evaluate_table` on a seeded subset of the valid instances, the best model saved with
+``save_pretrained(RUN_DIR)``, early stopping after ``patience`` validations without
+improvement, and the resumable checkpoint ``RUN_DIR/last/`` (see
+:mod:`gensr.train.checkpoint`). A run stops at the first of: early stopping, ``max_steps``,
+``max_epochs`` and ``time_budget_min``; ``run.json`` records which (``stop_reason``).
 
 ``accelerate`` places the model, runs mixed precision and, under ``accelerate launch``, DDP:
 every process takes its share of each global batch (so steps, schedule and data order do
@@ -91,6 +91,22 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def make_optimizer(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
+    """AdamW over ``groups``, torch's fused implementation where this torch has it for the
+    parameters' device (CPU from torch 2.4, CUDA): one kernel per step instead of about ten
+    small ops per parameter; the same update up to rounding. Falls back to the per-parameter
+    implementation elsewhere."""
+    params = [p for g in groups for p in g["params"]]
+    fusable = params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                             for p in params)
+    if fusable:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # torch < 2.4 on CPU: no fused kernel
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def warmup_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -228,7 +244,7 @@ def fit(
     groups = [g for g in model.param_groups(config.weight_decay) if g["params"]]
     if not groups:
         raise ConfigError(f"{model.name} has no trainable parameters")
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    optimizer = make_optimizer(groups, config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear(config.warmup_steps, total_steps))
     net, optimizer, scheduler = accelerator.prepare(LossForward(model), optimizer, scheduler)

@@ -123,8 +123,10 @@ class GenSRConfig(ModelConfig):
     # also occurs among the search query's tokens: an exact-match feature (DrQA's), so the
     # backbone need not learn to find word overlap from scratch; needs candidate_text_len > 0
     query_match: bool = False
-    # scoring: pointwise sequences per backbone call (bounds memory, not results)
-    score_chunk: int = 512
+    # scoring: pointwise sequences per backbone call (bounds memory, not results; on CUDA at
+    # least 4096). 256 rather than 512: at d_model 64 on a 2-core CPU a call's working set then
+    # stays in cache, which scored about 15% faster (docs/speed.md)
+    score_chunk: int = 256
     # scratch backbone (backbone = "scratch-t5")
     scratch_d_model: int = 64
     scratch_layers: int = 2
