@@ -9,6 +9,7 @@ from typing import Literal
 
 from gensr.errors import ConfigError
 from gensr.eval.metrics import KS, metric_names
+from gensr.threads import parse_threads
 
 Precision = Literal["auto", "fp32", "bf16"]
 METRIC_TASKS = ("mean", "rec", "src")
@@ -50,6 +51,10 @@ class TrainConfig:
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     device: str | None = None  # cpu | cuda (None: cuda if available)
     progress: bool = True  # a progress bar (plain lines when not a terminal: gensr.progress)
+    # torch's CPU threads: auto = torch's count, one fewer per core other processes keep busy
+    # (gensr.threads.ThreadGuard; a change may change rounding), torch = torch's count
+    # unchanged, N = N threads (set a number for bitwise-reproducible runs on a shared machine)
+    threads: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("n_negatives", "batch_size", "max_epochs", "eval_batch_size", "log_every")
@@ -76,6 +81,7 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup_steps", "grad_clip", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        self.threads = str(parse_threads(self.threads))
         if not 0.0 < self.eval_fraction <= 1.0:
             raise ConfigError(f"train.eval_fraction must be in (0, 1], got {self.eval_fraction}")
         parse_metric(self.metric)

@@ -57,6 +57,7 @@ from gensr.models.base import ModelOutput, SRModel
 from gensr.outputs import MARKER, make_dir, write_marker
 from gensr.progress import progress as progress_bar
 from gensr.runs import pick_device, resolve_precision
+from gensr.threads import ThreadGuard, parse_threads
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
 from gensr.train.config import TrainConfig, metric_value, parse_metric
@@ -189,8 +190,22 @@ def fit(
 
     ``resume`` continues from ``run_dir/last/``. ``stop_after_steps`` stops (and checkpoints)
     after that many optimizer steps, as Ctrl-C would: a hook for testing exact resumption.
-    Returns the final :class:`TrainState`; ``run_dir/run.json`` records the run.
+    Returns the final :class:`TrainState`; ``run_dir/run.json`` records the run. torch's CPU
+    thread count (``train.threads``) is as it was before when fit returns.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _fit(model, data, config, run_dir, resume=resume,
+                    stop_after_steps=stop_after_steps, log=log)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _fit(model: SRModel, data: SRData, config: TrainConfig, run_dir: str | Path, *,
+         resume: bool, stop_after_steps: int | None,
+         log: Callable[[str], None] | None) -> TrainState:
+    """:func:`fit`'s body."""
     run_dir = Path(run_dir)
     if not model.trainable:
         raise ConfigError(f"{model.name} is not trainable")
@@ -203,6 +218,11 @@ def fit(
     log = log or tqdm.write
     started = time.time()
     accelerator = make_accelerator(config)
+    threads = parse_threads(config.threads)
+    if isinstance(threads, int):
+        torch.set_num_threads(threads)
+    guard = ThreadGuard(log=log) if threads == "auto" and accelerator.device.type == "cpu" \
+        else None
     rank, world, main = accelerator.process_index, accelerator.num_processes, \
         accelerator.is_main_process
     if not main:
@@ -271,6 +291,10 @@ def fit(
         # optimizer steps ended, how many it ran (benchmarks/scale.py reads them)
         "timing": {"fit_started": started, "first_step_done": None, "last_step_done": None,
                    "steps": 0},
+        # torch's CPU threads: the setting, the count at the start, and each change the
+        # guard made (train.threads = auto) as [step, threads]
+        "threads": {"setting": config.threads, "start": torch.get_num_threads(),
+                    "changes": []},
     }
     if main and not resume:  # the settings, before any step (a kill -9 keeps them)
         _write_run_info(run_dir, model, data, config, state, "started", info)
@@ -352,6 +376,8 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                if guard is not None and guard.poll() is not None:  # other processes came/went
+                    info["threads"]["changes"].append([state.step, torch.get_num_threads()])
                 timing = info["timing"]
                 timing["last_step_done"] = time.time()
                 timing["first_step_done"] = timing["first_step_done"] or timing["last_step_done"]
