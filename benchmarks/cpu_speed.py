@@ -1,7 +1,7 @@
 """GenSR on a CPU, an old commit against this tree, measured side by side in one run.
 
     python benchmarks/cpu_speed.py --data data/scientific --cf data/scientific_cf/cf.safetensors
-        [--old REV] [--threads 2] [--rounds 2]
+        [--old REV] [--threads 2] [--rounds 2] [--shared-rounds 1]
 
 The old commit is checked out into a temporary git worktree; each round runs
 ``benchmarks/cpu_speed_child.py`` once against the old tree and once against this one
@@ -9,7 +9,9 @@ The old commit is checked out into a temporary git worktree; each round runs
 model of ``configs/compare_cpu.yaml`` (scratch T5, d_model 64, max_his_len 10, 6 text tokens,
 short prompts), batch 128 with 3 negatives, fixed batches of the seeded sampler. A second pair
 of runs with dropout 0 checks that the losses and scores agree (the math is unchanged there;
-with dropout on, the length groups draw other dropout masks). Writes
+with dropout on, the length groups draw other dropout masks). ``--shared-rounds`` then runs
+each side with another busy process (a one-core spin loop) beside it: the collapse of
+oversubscribed OpenMP threads, and what the trainer's ThreadGuard makes of it. Writes
 ``benchmarks/results/cpu_speed.{json,md}`` and prints the table. Measure on a quiet machine.
 """
 
@@ -39,12 +41,20 @@ def gensr_settings() -> dict:
 
 
 def run_child(tree: Path, args: argparse.Namespace, model: dict, steps: int,
-              instances: int) -> dict:
+              instances: int, shared: bool = False) -> dict:
+    """One child measurement; ``shared``: with another busy process (a one-core Python spin
+    loop) running beside it the whole time."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, str(CHILD), "--data", str(args.data), "--cf", str(args.cf),
            "--model-json", json.dumps(model), "--threads", str(args.threads),
            "--train-steps", str(steps), "--score-instances", str(instances)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if shared else None
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    finally:
+        if spin is not None:
+            spin.kill()
+            spin.wait()
     if out.returncode != 0:
         raise SystemExit(f"child failed on {tree}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -59,6 +69,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--score-instances", type=int, default=256)
+    ap.add_argument("--shared-rounds", type=int, default=1,
+                    help="rounds with another busy process on one core (0: none)")
+    ap.add_argument("--shared-train-steps", type=int, default=40)
+    ap.add_argument("--shared-score-instances", type=int, default=64)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     args.data, args.cf = args.data.resolve(), args.cf.resolve()
@@ -80,6 +94,14 @@ def main() -> None:
                     print(f"round {r + 1} {side}: train "
                           f"{runs[side][-1]['train_steps_per_s']:.2f} steps/s, score "
                           f"{runs[side][-1]['score_prompts_per_s']:.0f} prompts/s", flush=True)
+            shared: dict[str, list[dict]] = {"old": [], "new": []}
+            for r in range(args.shared_rounds):
+                for side, tree in (("old", old_tree), ("new", ROOT))[:: 1 if r % 2 == 0 else -1]:
+                    shared[side].append(run_child(tree, args, model, args.shared_train_steps,
+                                                  args.shared_score_instances, shared=True))
+                    print(f"shared round {r + 1} {side}: train "
+                          f"{shared[side][-1]['train_steps_per_s']:.2f} steps/s, score "
+                          f"{shared[side][-1]['score_prompts_per_s']:.0f} prompts/s", flush=True)
             no_dropout = {**model, "scratch_dropout": 0.0, "view_dropout": 0.0}
             exact = {side: run_child(tree, args, no_dropout, 5, 64)
                      for side, tree in (("old", old_tree), ("new", ROOT))}
@@ -111,6 +133,15 @@ def main() -> None:
     }
     for key in ("train_steps_per_s", "score_prompts_per_s"):
         result[key]["ratio"] = result[key]["new"] / result[key]["old"]
+    if args.shared_rounds:
+        result["shared"] = {
+            "what": "one other busy process (a Python spin loop on one core) the whole time",
+            "train_steps": args.shared_train_steps,
+            "score_instances": args.shared_score_instances, "runs": shared}
+        for key in ("train_steps_per_s", "score_prompts_per_s"):
+            pair = {side: statistics.median(r[key] for r in shared[side])
+                    for side in ("old", "new")}
+            result["shared"][key] = {**pair, "ratio": pair["new"] / pair["old"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_speed.json").write_text(json.dumps(result, indent=2))
     lines = [
@@ -130,6 +161,23 @@ def main() -> None:
         "gensr.tensor.dropout (Speed.dropout = fast on CPU): other masks than torch's, so "
         "its losses differ from the old side's; docs/speed.md shows the trained metrics.", "",
     ]
+    if args.shared_rounds:
+        sh = result["shared"]
+        changes = sorted({tuple(r["thread_changes"]) for r in shared["new"]})
+        lines += [
+            f"**Shared machine** ({args.shared_rounds} round(s); another busy process on one "
+            f"core the whole time; {args.shared_train_steps} training steps, "
+            f"{args.shared_score_instances} scored instances):", "",
+            "| | old | new | new / old |", "|---|---|---|---|",
+            f"| training steps/s | {sh['train_steps_per_s']['old']:.2f} | "
+            f"{sh['train_steps_per_s']['new']:.2f} | {sh['train_steps_per_s']['ratio']:.2f}x |",
+            f"| scoring prompts/s | {sh['score_prompts_per_s']['old']:,.0f} | "
+            f"{sh['score_prompts_per_s']['new']:,.0f} | "
+            f"{sh['score_prompts_per_s']['ratio']:.2f}x |", "",
+            "The new side's training polls gensr.threads.ThreadGuard (the trainer's "
+            f"train.threads = auto; thread counts it set: {[list(c) for c in changes]}); "
+            "scoring has no guard and runs at the threads it was given.", "",
+        ]
     (args.out / "cpu_speed.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

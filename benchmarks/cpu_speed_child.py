@@ -59,6 +59,11 @@ def main() -> None:
         optimizer = make_optimizer([{"params": params}], 1e-3)
     except ImportError:
         optimizer = torch.optim.AdamW(params, lr=1e-3)
+    try:  # the tree's trainer watches for other busy processes (train.threads = auto)
+        from gensr.threads import ThreadGuard
+        guard = ThreadGuard()
+    except ImportError:
+        guard = None
     losses, times = [], []
     n_steps = args.warmup_steps + args.train_steps
     for step in range(n_steps):
@@ -70,9 +75,15 @@ def main() -> None:
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if guard is not None:
+            guard.poll()
         times.append(time.perf_counter() - start)
         losses.append(float(out.loss.detach()))
     timed = times[args.warmup_steps:]
+
+    thread_changes = [] if guard is None else [c[1] for c in guard.changes]
+    if guard is not None:  # scoring (gensr evaluate) has no guard: its own thread count
+        guard.restore()
 
     # scoring: the first score_instances test instances (100 candidates each)
     model.eval()
@@ -101,6 +112,7 @@ def main() -> None:
         "metrics": {k: float(v.double().mean()) for k, v in metrics.items()},
         "scores_head": all_scores[:2, :5].tolist(),
         "python": sys.version.split()[0], "torch": torch.__version__,
+        "thread_changes": thread_changes,
     }))
 
 
