@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gensr.errors import ConfigError
-from gensr.threads import ThreadGuard, allowed_cpus, parse_threads, read_jiffies
+from gensr.threads import ThreadGuard, allowed_cpus, guarded, parse_threads, read_jiffies
 from gensr.train import TrainConfig, train_run
 
 
@@ -103,3 +103,30 @@ def test_fit_sets_fixed_threads_and_restores_them(tmp_path, tiny_data_dir, two_t
     assert run["threads"] == {"setting": "1", "start": 1, "changes": []}
     assert run["train_config"]["threads"] == "1"
     assert torch.get_num_threads() == 2  # as before fit
+
+
+def test_guard_takes_a_first_look_when_primed(two_threads):
+    readings = iter([(0, 0, 0), (200, 200, 10)])  # over the wait, others used ~1.9 cores
+    guard = ThreadGuard(prime_s=0.01, reader=lambda: next(readings), cpus=[0, 1])
+    assert torch.get_num_threads() == 1 and [c[1] for c in guard.changes] == [1]
+    guard.restore()
+    assert torch.get_num_threads() == 2
+
+
+def test_guarded_only_where_there_is_something_to_guard(two_threads, monkeypatch):
+    with guarded("cuda") as guard:
+        assert guard is None
+    monkeypatch.setenv("GENSR_THREAD_GUARD", "0")
+    with guarded("cpu") as guard:
+        assert guard is None
+    monkeypatch.delenv("GENSR_THREAD_GUARD")
+    torch.set_num_threads(1)
+    with guarded("cpu") as guard:
+        assert guard is None
+    torch.set_num_threads(2)
+    with guarded("cpu", prime_s=0.0) as guard:
+        if read_jiffies(allowed_cpus()) is None:
+            pytest.skip("no /proc/stat here")
+        assert guard is not None
+        torch.set_num_threads(1)  # as a poll would
+    assert torch.get_num_threads() == 2  # restored

@@ -1,21 +1,24 @@
 """Torch's CPU threads on a machine whose cores other processes share (``train.threads``).
 
-torch starts one intra-op thread per core, and its OpenMP threads spin while they wait for
-each other. When another busy process holds one of the cores, a thread that is descheduled
-holds up every parallel op, and the spinning ones take the core from it: on 2 cores with one
-other busy process, GenSR's training step took 1.37 s instead of 0.21 s (at 1 thread: 0.31 s,
-whatever else runs; docs/speed.md). :class:`ThreadGuard` watches the cores this process may
-run on (``/proc/stat``, Linux only) and uses one thread fewer per core that other processes
-keep busy, and the threads back when they leave. A change of the thread count may change the
-rounding of the results, so a run that must be bitwise reproducible sets a fixed count.
+torch starts one intra-op thread per core, and its OpenMP threads spin while they wait for each
+other. When another busy process holds one of the cores, a thread that is descheduled holds up
+every parallel op, and the spinning ones take the core from it: on 2 cores with one other busy
+process, GenSR's training step took 1.37 s instead of 0.21 s (at 1 thread: 0.31 s, whatever
+else runs; docs/speed.md). :class:`ThreadGuard` watches the cores this process may run on
+(``/proc/stat``, Linux only) and uses one thread fewer per core that other processes keep busy,
+and the threads back when they leave. The trainer polls one after every step (``train.threads``
+= ``auto``), the evaluation after every batch (:func:`guarded`; ``GENSR_THREAD_GUARD=0`` turns
+it off). A change of the thread count may change the rounding of the results, so a run that
+must be bitwise reproducible on a shared machine sets a fixed count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -77,7 +80,8 @@ class ThreadGuard:
     more than at the start). :meth:`restore` puts back the count it found.
     """
 
-    def __init__(self, *, interval_s: float = 5.0, log: Callable[[str], None] | None = None,
+    def __init__(self, *, interval_s: float = 2.0, prime_s: float = 0.0,
+                 log: Callable[[str], None] | None = None,
                  reader: Callable[[], tuple[int, int, int] | None] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpus: list[int] | None = None
                  ) -> None:
@@ -91,11 +95,15 @@ class ThreadGuard:
         self.changes: list[tuple[float, int, float]] = []  # (time, threads, others' cores)
         self._last = self.reader()
         self._when = clock()
+        if prime_s > 0 and self._last is not None:  # a first look, while this process waits
+            time.sleep(prime_s)
+            self.poll(force=True)
 
-    def poll(self) -> int | None:
-        """Adjust the threads if the last ``interval_s`` asks for it; the new count or None."""
+    def poll(self, force: bool = False) -> int | None:
+        """Adjust the threads if the last ``interval_s`` (or, ``force``, the time since the
+        last reading) asks for it; the new count or None."""
         now = self.clock()
-        if now - self._when < self.interval_s or self._last is None:
+        if (now - self._when < self.interval_s and not force) or self._last is None:
             return None
         sample = self.reader()
         last, self._last, self._when = self._last, sample, now
@@ -120,3 +128,21 @@ class ThreadGuard:
         """torch's thread count as it was when the guard started."""
         if torch.get_num_threads() != self.start_threads:
             torch.set_num_threads(self.start_threads)
+
+
+@contextlib.contextmanager
+def guarded(device: torch.device | str, *, interval_s: float = 1.0, prime_s: float = 0.2,
+            log: Callable[[str], None] | None = None) -> Iterator[ThreadGuard | None]:
+    """A :class:`ThreadGuard` (first look over ``prime_s``) for the work inside the ``with``,
+    torch's thread count restored after it; None (nothing watched) off CPU, at one thread, or
+    where ``/proc/stat`` is missing, or with ``GENSR_THREAD_GUARD=0`` in the environment. The
+    caller polls it between pieces of work."""
+    if (torch.device(device).type != "cpu" or torch.get_num_threads() < 2 or not STAT.exists()
+            or os.environ.get("GENSR_THREAD_GUARD", "1").strip() == "0"):
+        yield None
+        return
+    guard = ThreadGuard(interval_s=interval_s, prime_s=prime_s, log=log)
+    try:
+        yield guard
+    finally:
+        guard.restore()

@@ -26,6 +26,7 @@ from gensr.data.dataset import SRData
 from gensr.eval.metrics import KS, TieRule, metric_names, rank_metrics
 from gensr.models.base import SRModel
 from gensr.progress import progress as progress_bar
+from gensr.threads import guarded
 
 Metrics = dict[str, dict[str, float]]
 
@@ -190,14 +191,17 @@ def instance_metrics(
     saved: list[torch.Tensor] = []
     n_batches = (len(local) + batch_size - 1) // batch_size
     batches = local.batches(data, batch_size, model.config.max_his_len)
-    for batch in progress_bar(batches, total=n_batches, desc=desc, enabled=progress,
-                              leave=False):
-        batch = batch.to(device)
-        scores = model.score(batch).float()
-        metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
-        values.append(torch.stack([metrics[name].double() for name in names], dim=1).cpu())
-        if scores_out is not None:
-            saved.append(scores.cpu())
+    with guarded(device) as guard:  # fewer CPU threads while other processes hold cores
+        for batch in progress_bar(batches, total=n_batches, desc=desc, enabled=progress,
+                                  leave=False):
+            batch = batch.to(device)
+            scores = model.score(batch).float()
+            metrics = rank_metrics(scores, batch.target_pos, ks=ks, ties=ties)
+            values.append(torch.stack([metrics[name].double() for name in names], dim=1).cpu())
+            if scores_out is not None:
+                saved.append(scores.cpu())
+            if guard is not None:
+                guard.poll()
     if was_training:
         model.train()
     n_cand = table.candidates.shape[1] if table.candidates.ndim == 2 else 0

@@ -221,8 +221,9 @@ def _fit(model: SRModel, data: SRData, config: TrainConfig, run_dir: str | Path,
     threads = parse_threads(config.threads)
     if isinstance(threads, int):
         torch.set_num_threads(threads)
-    guard = ThreadGuard(log=log) if threads == "auto" and accelerator.device.type == "cpu" \
-        else None
+    guard = None  # train.threads = auto: fewer threads while other processes hold cores
+    if threads == "auto" and accelerator.device.type == "cpu" and torch.get_num_threads() > 1:
+        guard = ThreadGuard(prime_s=0.2, log=log)
     rank, world, main = accelerator.process_index, accelerator.num_processes, \
         accelerator.is_main_process
     if not main:
