@@ -12,6 +12,7 @@ Prints one JSON line: training steps/s, scoring prompts/s, the first losses and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -89,15 +90,25 @@ def main() -> None:
     model.eval()
     test = eval_instances(data, "test")
     test = test.subset(np.arange(min(args.score_instances, len(test))))
+    try:  # the tree's evaluation polls a ThreadGuard after every batch
+        from gensr.threads import guarded
+    except ImportError:
+        guarded = None
     scores, started = [], None
     with torch.no_grad():
         warm = test.make_batch(data, np.arange(min(8, len(test))), config.max_his_len)
         model.score(warm)
         started = time.perf_counter()
-        for b in range(0, len(test), args.eval_batch):
-            batch = test.make_batch(data, np.arange(b, min(b + args.eval_batch, len(test))),
-                                    config.max_his_len)
-            scores.append(model.score(batch).float())
+        n_batches = -(-len(test) // args.eval_batch)  # the evaluation's rule for a first look
+        watching = guarded("cpu", prime_s=0.2 if n_batches >= 10 else 0.0) \
+            if guarded is not None else contextlib.nullcontext()
+        with watching as watch:
+            for b in range(0, len(test), args.eval_batch):
+                batch = test.make_batch(data, np.arange(b, min(b + args.eval_batch, len(test))),
+                                        config.max_his_len)
+                scores.append(model.score(batch).float())
+                if watch is not None:
+                    watch.poll()
         score_s = time.perf_counter() - started
     all_scores = torch.cat(scores)
     metrics = rank_metrics(all_scores, torch.from_numpy(test.target_pos))

@@ -131,9 +131,10 @@ class ThreadGuard:
 
 
 @contextlib.contextmanager
-def guarded(device: torch.device | str, *, interval_s: float = 1.0, prime_s: float = 0.2,
+def guarded(device: torch.device | str, *, interval_s: float = 1.0, prime_s: float = 0.0,
             log: Callable[[str], None] | None = None) -> Iterator[ThreadGuard | None]:
-    """A :class:`ThreadGuard` (first look over ``prime_s``) for the work inside the ``with``,
+    """A :class:`ThreadGuard` (a first look over ``prime_s``, none by default: its wait would
+    be paid on a quiet machine too) for the work inside the ``with``,
     torch's thread count restored after it; None (nothing watched) off CPU, at one thread, or
     where ``/proc/stat`` is missing, or with ``GENSR_THREAD_GUARD=0`` in the environment. The
     caller polls it between pieces of work."""
