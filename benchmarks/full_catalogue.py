@@ -164,14 +164,14 @@ def quality(runs: dict[str, Path], ns: list[int], max_instances: int | None, see
 def request_bodies(runs: dict[str, Path], n: int, seed: int) -> dict[str, list[dict]]:
     """Full-catalogue request bodies from the test instances, per task."""
     from gensr.data import load_data
-    from gensr.data.batching import eval_instances
+    from gensr.data.batching import eval_instances, seeded_subset
     from gensr.runs import read_run_info
     from gensr.serve.examples import instance_requests
 
     data = load_data(read_run_info(runs["gensr"])["data_dir"])
     out = {}
     for task in ("rec", "src"):
-        table = eval_instances(data, "test", tasks=(task,), max_instances=n, seed=seed)
+        table = seeded_subset(eval_instances(data, "test", tasks=(task,)), n, seed)
         bodies = instance_requests(data, table, max_history=50)
         for b in bodies:
             b.pop("candidates")
@@ -294,7 +294,8 @@ def markdown(result: dict) -> str:
         f"{result['date']}: `{result['command']}`.",
         f"Data `{q['data']}` ({q['fingerprint']}); test instances: {q['instances']['rec']:,} "
         f"rec, {q['instances']['src']:,} search (the same for every row"
-        + (f"; a seeded subset of {result['settings']['max_instances']:,} per task"
+        + (f"; a seeded subset of {result['settings']['max_instances']:,} instances of both "
+           "tasks, each task keeping its own"
            if result["settings"]["max_instances"] else "") + "). Full catalogue: every item "
         "ranked, the user's train and valid items masked, the target never; a target the "
         "retriever missed ranks below its N (0 at every K <= N). `alone` = the retriever's own "

@@ -62,12 +62,12 @@ def make_run(out: Path) -> Path:
 def build_requests(run: Path, n: int, seed: int) -> tuple[list[dict], dict, object]:
     """Request bodies from the run's test instances (seeded sample), a model summary and
     the loaded (model, data) for the in-process reference."""
-    from gensr.data.batching import eval_instances
+    from gensr.data.batching import eval_instances, seeded_subset
     from gensr.runs import load_run
     from gensr.serve.examples import instance_requests
 
     model, data = load_run(run, device="cpu")
-    table = eval_instances(data, "test", tasks=tuple(model.tasks), max_instances=n, seed=seed)
+    table = seeded_subset(eval_instances(data, "test", tasks=tuple(model.tasks)), n, seed)
     bodies = instance_requests(data, table, max_history=50)
     summary = {"model": model.name, "data": data.name, "fingerprint": data.fingerprint,
                "parameters": int(sum(p.numel() for p in model.parameters())),

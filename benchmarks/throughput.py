@@ -276,7 +276,8 @@ def lever_agreement(model: GenSR, data, levers: list[Lever], args: argparse.Name
         model.speed = lever.speed
         model.set_precision(lever.precision)
         with torch.inference_mode():
-            return np.concatenate([model.score(b).float().cpu().numpy() for b in batches])
+            return np.concatenate([torch.sigmoid(model.score(b).float()).cpu().numpy()
+                                   for b in batches])  # P(Yes): the sigmoid of the log-odds
 
     reference = scores(Lever("fp32", "gensr", "fp32", Speed.plain()))
     rows = []
@@ -439,8 +440,8 @@ def run_scoring(model: GenSR, lever: Lever, batches: list[Batch], agree: list[Ba
             return reference_scores(model, batch, args.ref_chunk)
     else:
         def score(batch: Batch) -> torch.Tensor:
-            with torch.inference_mode():
-                return model.score(batch)
+            with torch.inference_mode():  # P(Yes), as the reference: sigmoid of the log-odds
+                return torch.sigmoid(model.score(batch).float())
     warm = args.warmup + (1 if lever.speed.compile != "off" else 0)
     timed_batches = batches[1:]
     seconds = _time_scoring(score, batches[0], timed_batches, warm, device)

@@ -37,7 +37,7 @@ from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig, ModelOutput, SRModel
 from gensr.train import TrainConfig, fit, train_run
-from gensr.train.loop import warmup_linear
+from gensr.train.loop import make_optimizer, warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "analysis_gensr_tiny.yaml"
@@ -323,7 +323,7 @@ def test_grad_conflict_steps_like_the_trainer(tiny_data, tmp_path):
     torch.manual_seed(5)
     model = StandIn(StandInConfig(), tiny_data)
     model.train()
-    opt = torch.optim.AdamW([g for g in model.param_groups(1e-3) if g["params"]], lr=5e-3)
+    opt = make_optimizer([g for g in model.param_groups(1e-3) if g["params"]], 5e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(2, steps))
     table, order = TrainSampler(tiny_data, 3, seed=5).epoch(0)
     for i, batch in enumerate(table.batches(tiny_data, bs, 8, order=order)):

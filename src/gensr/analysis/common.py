@@ -178,12 +178,13 @@ def shared_cf_path(runs: Sequence[AnalysisRun], cf: str | Path | None) -> Path:
 # --- instances -----------------------------------------------------------------------------
 def task_instances(data: SRData, split: str, task: str, max_instances: int | None,
                    seed: int = 0) -> InstanceTable:
-    """A seeded subset of ``split``'s stored instances of one task."""
-    from gensr.data.batching import eval_instances
+    """A seeded subset of ``split``'s stored instances of one task: ``max_instances`` of that
+    task (the analyses count per task, unlike the evaluation's subset of both tasks)."""
+    from gensr.data.batching import eval_instances, seeded_subset
 
     if task not in TASK_INDEX:
         raise ConfigError(f"unknown task {task!r}; use rec or src")
-    return eval_instances(data, split, tasks=(task,), max_instances=max_instances, seed=seed)
+    return seeded_subset(eval_instances(data, split, tasks=(task,)), max_instances, seed)
 
 
 def restrict_candidates(table: InstanceTable, k: int) -> InstanceTable:

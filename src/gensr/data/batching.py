@@ -158,19 +158,30 @@ def list_matrix(column: pl.Series) -> np.ndarray:
 def eval_instances(data: SRData, split: str, tasks: tuple[str, ...] | None = None,
                    max_instances: int | None = None, seed: int = 0,
                    candidates: str = "uniform") -> InstanceTable:
-    """The stored evaluation instances of a split, optionally a seeded subset per task.
+    """The stored evaluation instances of a split, optionally a seeded subset, restricted to
+    ``tasks``.
 
-    ``candidates`` names the candidate strategy; every strategy stores the same instances in
-    the same order, so a subset (same seed) holds the same instances whatever the strategy."""
-    frame = data.candidates(split, candidates)
+    The subset (``max_instances``, ``seed``) is drawn from the instances of *both* tasks and
+    only then restricted to ``tasks``, so every model sees the same instances of a task
+    whatever tasks it serves (a rec-only model gets the rec instances of the two-task
+    subset). ``candidates`` names the candidate strategy; every strategy stores the same
+    instances in the same order, so a subset (same seed) holds the same instances whatever
+    the strategy."""
+    table = seeded_subset(InstanceTable.from_candidates(data.candidates(split, candidates)),
+                          max_instances, seed)
     if tasks is not None:
-        frame = frame.filter(pl.col("task").is_in(list(tasks)))
-    table = InstanceTable.from_candidates(frame)
-    if max_instances is not None and len(table) > max_instances:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(len(table), size=max_instances, replace=False))
-        table = table.subset(keep)
+        table = table.subset(np.isin(table.task, [TASK_INDEX[t] for t in tasks]))
     return table
+
+
+def seeded_subset(table: InstanceTable, max_instances: int | None, seed: int = 0
+                  ) -> InstanceTable:
+    """``max_instances`` rows of ``table`` drawn with ``seed``, in stored order (all of them
+    when ``max_instances`` is None or not smaller than the table)."""
+    if max_instances is None or len(table) <= max_instances:
+        return table
+    rng = np.random.default_rng(seed)
+    return table.subset(np.sort(rng.choice(len(table), size=max_instances, replace=False)))
 
 
 class TrainSampler:

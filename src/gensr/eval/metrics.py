@@ -49,8 +49,18 @@ def rank_metrics(
         e = torch.zeros_like(e)
     elif ties != "expected":
         raise ValueError(f"ties must be expected, pessimistic or optimistic, not {ties!r}")
-    n_cand = scores.shape[1]
-    ranks = torch.arange(n_cand + 1, dtype=torch.float64, device=scores.device)
+    return bound_metrics(g, e, ks, scores.shape[1])
+
+
+def bound_metrics(g: torch.Tensor, e: torch.Tensor, ks: tuple[int, ...] = KS,
+                  size: int | None = None) -> dict[str, torch.Tensor]:
+    """Per-instance ``R@K``/``N@K`` of a positive whose 0-based rank is uniform on
+    ``g..g+e`` (``g`` items strictly above it, ``e`` others tied with it): the expected
+    metric under a random order of the ties (:func:`rank_metrics`). ``size``: at least
+    ``max(g + e) + 1`` (found when None)."""
+    if size is None:
+        size = int((g + e).max()) + 1 if len(g) else 1
+    ranks = torch.arange(size + 1, dtype=torch.float64, device=g.device)
     out: dict[str, torch.Tensor] = {}
     for k in ks:
         hit = (ranks < k).double()

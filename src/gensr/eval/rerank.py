@@ -8,6 +8,12 @@ train; test: train and valid), except the instance's target (the rule of
 missed counts 0 at every K <= N, and the retriever's Recall@N is the rerank's ceiling.
 The retriever's own order (its scores) is reported beside it, from the same retrieval.
 
+Ties across the cut follow full ranking's rule (:mod:`gensr.eval.metrics`, ``expected``):
+when the N-th score is shared with items that did not fit, every item of that tie is equally
+likely to be among the N. The retriever's row then equals full ranking by its scores at every
+K <= N, and a reranked target tied at the cut counts with the chance that it was retrieved
+(:func:`rerank_candidates`), never by its item id.
+
 Nothing here knows a model or a retriever beyond their interfaces (``score`` and
 ``retrieve``).
 """
@@ -24,7 +30,7 @@ import torch
 
 from gensr.data.batching import TASK_INDEX, Batch, InstanceTable
 from gensr.data.dataset import SRData
-from gensr.eval.metrics import KS, rank_metrics
+from gensr.eval.metrics import KS, bound_metrics, rank_metrics
 from gensr.eval.protocol import Metrics, full_instances, masked_pairs, seen_before
 from gensr.models.base import SRModel
 from gensr.progress import progress as progress_bar
@@ -58,6 +64,90 @@ def _metrics(scores: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
     pos = found.float().argmax(1)
     metrics = rank_metrics(scores, pos, ks=ks)
     return {k: torch.where(present, v, torch.zeros_like(v)) for k, v in metrics.items()}
+
+
+@dataclass
+class CutTies:
+    """How each row's cut at N met a tie: the N-th score ``kth``, the retrieved items that
+    share it (``tied_in``), the items left out at it (``tied_out``), and whether the
+    target is among those left out (``target_out``). (B,) tensors."""
+
+    kth: torch.Tensor
+    tied_in: torch.Tensor
+    tied_out: torch.Tensor
+    target_out: torch.Tensor
+
+    @classmethod
+    def of(cls, got: Retrieved, target: torch.Tensor) -> CutTies:
+        b, device = len(target), target.device
+        valid = got.items > 0
+        last = (valid.sum(1) - 1).clamp(min=0)
+        kth = got.scores.gather(1, last[:, None]).squeeze(1)
+        tied_in = (valid & (got.scores == kth[:, None])).sum(1)
+        tied_out = torch.zeros(b, dtype=torch.long, device=device)
+        target_out = torch.zeros(b, dtype=torch.bool, device=device)
+        if got.tied_out is not None and len(got.tied_out):
+            rows = torch.from_numpy(got.tied_out.rows).to(device)
+            items = torch.from_numpy(got.tied_out.items).to(device)
+            tied_out = torch.bincount(rows, minlength=b)
+            target_out[rows[items == target[rows]]] = True
+        return cls(kth, tied_in, tied_out, target_out)
+
+    def target_tied(self, got: Retrieved, target: torch.Tensor) -> torch.Tensor:
+        """(B,) True where the target shares the N-th score with items left out (it was
+        retrieved at that score, or left out at it)."""
+        at_kth = ((got.items == target[:, None]) & (got.scores == self.kth[:, None])).any(1)
+        return (self.tied_out > 0) & (at_kth | self.target_out)
+
+    def inclusion(self, got: Retrieved, target: torch.Tensor) -> torch.Tensor:
+        """(B,) float64: the chance that the target is among the N under a random order of
+        the ties at the cut: tied_in / (tied_in + tied_out) where the target is tied there,
+        else 1."""
+        share = self.tied_in.double() / (self.tied_in + self.tied_out).clamp(min=1).double()
+        return torch.where(self.target_tied(got, target), share, torch.ones_like(share))
+
+
+def cutoff_metrics(got: Retrieved, target: torch.Tensor, ks: tuple[int, ...] = KS
+                   ) -> dict[str, torch.Tensor]:
+    """The retriever's own per-instance metrics at K <= N, with full ranking's tie rule
+    across the cut: a target that shares the N-th score with items left out ranks uniformly
+    among all of them (:func:`gensr.eval.metrics.bound_metrics`), whether it was retrieved
+    or not, so the result equals full ranking by the retriever's scores."""
+    scores = got.scores.masked_fill(got.items <= 0, float("-inf"))
+    found = got.items == target[:, None]
+    present = found.any(1)
+    s_t = scores.gather(1, found.float().argmax(1, keepdim=True))
+    g = (scores > s_t).sum(1)
+    e = (scores == s_t).sum(1) - 1
+    cut = CutTies.of(got, target)
+    tied = cut.target_tied(got, target)
+    g = torch.where(cut.target_out, (scores > cut.kth[:, None]).sum(1), g)
+    e = torch.where(cut.target_out, cut.tied_in + cut.tied_out - 1,
+                    torch.where(tied, e + cut.tied_out, e))
+    counted = present | cut.target_out
+    g, e = g.masked_fill(~counted, 0), e.masked_fill(~counted, 0)
+    metrics = bound_metrics(g, e, ks)
+    return {k: torch.where(counted, v, torch.zeros_like(v)) for k, v in metrics.items()}
+
+
+def rerank_candidates(got: Retrieved, target: torch.Tensor
+                      ) -> tuple[Retrieved, torch.Tensor]:
+    """What a reranker scores for an evaluation, and the weight of its metrics.
+
+    A target left out at a tie at the N-th score takes the place of the last retrieved item
+    of that tie (so the reranker scores it); a target tied at the cut, retrieved or not, is
+    in the N with probability tied_in / (tied_in + tied_out) under full ranking's tie rule,
+    and its reranked metrics count with that weight. Elsewhere: the retrieval itself, weight
+    1."""
+    cut = CutTies.of(got, target)
+    weight = cut.inclusion(got, target)
+    if not bool(cut.target_out.any()):
+        return got, weight
+    items = got.items.clone()
+    rows = torch.nonzero(cut.target_out).squeeze(1)
+    last = (items[rows] > 0).sum(1) - 1
+    items[rows, last] = target[rows]
+    return Retrieved(items, got.scores, got.tied_out), weight
 
 
 def rerank_batch(model: SRModel, batch: Batch, got: Retrieved) -> torch.Tensor:
@@ -128,22 +218,22 @@ def evaluate_rerank(
         rows, items = masked_pairs(seen, table.user[idx], targets[idx])
         t0 = time.perf_counter()
         rbatch = table.make_batch(data, idx, ret_len).to(device)
-        got = retriever.retrieve(rbatch, n, Exclusion(rows, items))
-        got = Retrieved(got.items.to(device), got.scores.to(device))
+        got = retriever.retrieve(rbatch, n, Exclusion(rows, items)).to(device)
         t1 = time.perf_counter()
         seconds["retrieve"] += t1 - t0
-        _collect(parts["retriever"], _metrics(got.scores, got.items, target, ks), rbatch.task)
-        reranked = None
+        _collect(parts["retriever"], cutoff_metrics(got, target, ks), rbatch.task)
+        reranked = scored = None
         if model is not None:
             mbatch = table.make_batch(data, idx, model_len).to(device)
-            scores = rerank_batch(model, mbatch, got)
+            scored, weight = rerank_candidates(got, target)
+            scores = rerank_batch(model, mbatch, scored)
             width = scores.shape[1]
-            _collect(parts["rerank"], _metrics(scores, got.items[:, :width], target, ks),
-                     mbatch.task)
+            metrics = _metrics(scores, scored.items[:, :width], target, ks)
+            _collect(parts["rerank"], {k: v * weight for k, v in metrics.items()}, mbatch.task)
             reranked = scores
             seconds["rerank"] += time.perf_counter() - t1
         if rankings_out is not None:
-            saved.extend(_ranking_rows(table, idx, targets, got, reranked))
+            saved.extend(_ranking_rows(table, idx, targets, got, reranked, scored))
     if model is not None and was_training:
         model.train()
     if rankings_out is not None:
@@ -178,8 +268,10 @@ def _summary(per_task: dict[str, dict[str, list[torch.Tensor]]], ks: tuple[int, 
 
 
 def _ranking_rows(table: InstanceTable, idx: np.ndarray, targets: np.ndarray,
-                  got: Retrieved, reranked: torch.Tensor | None) -> list[dict]:
+                  got: Retrieved, reranked: torch.Tensor | None,
+                  scored: Retrieved | None = None) -> list[dict]:
     items = got.items.cpu().numpy()
+    ranked = items if scored is None else scored.items.cpu().numpy()
     rscores = got.scores.cpu().numpy()
     rows = []
     for j, i in enumerate(idx):
@@ -193,7 +285,7 @@ def _ranking_rows(table: InstanceTable, idx: np.ndarray, targets: np.ndarray,
         if reranked is not None:
             s = reranked[j].cpu().numpy()
             k = len(s)
-            cand = items[j][:k]
+            cand = ranked[j][:k]
             ok = cand > 0
             order = np.argsort(-s[ok], kind="stable")
             row["ranking"] = cand[ok][order].tolist()

@@ -9,7 +9,10 @@ are eligible (a small catalogue, or BM25 matching fewer items) the row is padded
 and score ``-inf``.
 
 Ties: exact retrieval orders by score, then by item id (lower first), so its top N equals a
-brute-force sort of every item by (-score, id).
+brute-force sort of every item by (-score, id). Where the N-th score is shared with items that
+did not fit, :attr:`Retrieved.tied_out` lists them: an evaluation counts a tie across the cut
+as full ranking does (every tied item equally likely to be in, :mod:`gensr.eval.rerank`),
+not by id.
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ from gensr.errors import DataError
 @dataclass
 class Retrieved:
     """(B, N) item ids (0 = padding) and their retrieval scores (``-inf`` at padding), each
-    row best first."""
+    row best first. ``tied_out``: the eligible items left out although their score equals
+    their row's N-th (the cut went through a tie), as (row, item) pairs; None = none."""
 
     items: torch.Tensor
     scores: torch.Tensor
+    tied_out: Exclusion | None = None
+
+    def to(self, device: torch.device | str) -> Retrieved:
+        return Retrieved(self.items.to(device), self.scores.to(device), self.tied_out)
 
     @property
     def valid(self) -> torch.Tensor:
@@ -106,7 +114,7 @@ def top_n(scores: torch.Tensor, n: int) -> Retrieved:
     above = scores > kth
     tied = scores == kth
     need = n - above.sum(1, keepdim=True)
-    # ties at the N-th score: the lowest item ids first
+    # ties at the N-th score: the lowest item ids first; the others are recorded
     chosen = above | (tied & (tied.cumsum(1) <= need))
     idx = chosen.nonzero()  # row-major: each row's chosen items in id order
     items = idx[:, 1].view(b, n)
@@ -114,7 +122,9 @@ def top_n(scores: torch.Tensor, n: int) -> Retrieved:
     order = torch.sort(got, dim=1, descending=True, stable=True).indices
     items, got = items.gather(1, order), got.gather(1, order)
     pad = ~torch.isfinite(got)
-    return Retrieved(items.masked_fill(pad, 0), got.masked_fill(pad, float("-inf")))
+    left = (tied & ~chosen & torch.isfinite(kth)).nonzero().cpu().numpy()
+    return Retrieved(items.masked_fill(pad, 0), got.masked_fill(pad, float("-inf")),
+                     Exclusion(left[:, 0], left[:, 1]) if len(left) else None)
 
 
 def merge_top_n(candidates: torch.Tensor, scores: torch.Tensor, n: int,
@@ -140,15 +150,23 @@ def merge_top_n(candidates: torch.Tensor, scores: torch.Tensor, n: int,
     repeat = torch.zeros_like(cands, dtype=torch.bool)
     repeat[:, 1:] = cands[:, 1:] == cands[:, :-1]
     s = s.masked_fill(repeat, float("-inf"))
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+    ranked = torch.sort(s, dim=1, descending=True, stable=True).indices
+    order, rest = ranked[:, :n], ranked[:, n:]
     items, got = cands.gather(1, order), s.gather(1, order)
     pad = ~torch.isfinite(got)
     items, got = items.masked_fill(pad, 0), got.masked_fill(pad, float("-inf"))
+    tied_out = None
+    if rest.shape[1] and items.shape[1]:  # candidates cut at a score equal to the N-th
+        kth = got[:, -1:]
+        left = (s.gather(1, rest) == kth) & torch.isfinite(kth)
+        r, c = left.nonzero(as_tuple=True)
+        if len(r):
+            tied_out = Exclusion(r.cpu().numpy(), cands.gather(1, rest)[r, c].cpu().numpy())
     if items.shape[1] < n:  # fewer candidates than n: pad the width
         extra = n - items.shape[1]
         items = torch.cat([items, items.new_zeros((items.shape[0], extra))], 1)
         got = torch.cat([got, got.new_full((got.shape[0], extra), float("-inf"))], 1)
-    return Retrieved(items, got)
+    return Retrieved(items, got, tied_out)
 
 
 class Retriever:

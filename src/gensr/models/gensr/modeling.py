@@ -4,8 +4,9 @@ Scoring one (user, candidate[, query]): encode the user's mixed S&R history in t
 (:class:`CFView`, :class:`SemanticView`) — once per instance, reused for all its candidates —,
 soft-filter each view with the candidate (:class:`SoftFilter`), splice the two filtered history
 vectors and the two candidate vectors into the task's prompt (:class:`PromptBuilder`) as
-``inputs_embeds``, and read P("Yes") from the first decoder step. Training: NLL of "Yes"/"No"
-(Eq. 9) + λ · symmetric InfoNCE between the filtered CF and semantic history vectors (Eq. 10).
+``inputs_embeds``, and rank by the log-odds of "Yes" at the first decoder step. Training: NLL
+of "Yes"/"No" (Eq. 9) + λ · symmetric InfoNCE between the filtered CF and semantic history
+vectors (Eq. 10).
 
 How fast the backbone pass runs is set by :attr:`GenSR.speed` (:class:`Speed`: the fused T5
 pass, length buckets, chunk size, compilation) and :meth:`GenSR.set_precision` (bf16 backbone
@@ -126,6 +127,36 @@ def gather_batch(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def yes_log_odds(logits: torch.Tensor, yes_id: int) -> torch.Tensor:
+    """log P(Yes) - log(1 - P(Yes)) = l_yes - logsumexp(the other logits), in fp32.
+
+    The score GenSR ranks by: it orders candidates exactly as P("Yes") does, but it never
+    saturates (P(Yes) = exp(...) rounds to 1.0 once "Yes" leads by about 17 nats in fp32, and
+    confident candidates would tie); ``torch.sigmoid`` of it is P("Yes")."""
+    logits = logits.float()
+    rest = logits.clone()
+    rest[..., yes_id] = float("-inf")
+    return logits[..., yes_id] - torch.logsumexp(rest, dim=-1)
+
+
+def keep_head_fp32(core: nn.Module) -> None:
+    """Run ``core``'s LM head in fp32 while the rest of it is bf16: the head's weights are
+    cast (untied from the input embeddings first when they share them, so the embeddings
+    stay bf16) and a hook casts its input to the head's dtype."""
+    head = core.get_output_embeddings()
+    if head is None:
+        return
+    shared = core.get_input_embeddings()
+    if shared is not None and head.weight.data_ptr() == shared.weight.data_ptr():
+        head.weight = nn.Parameter(head.weight.detach().float().clone(),
+                                   requires_grad=head.weight.requires_grad)
+    head.float()
+    if not getattr(head, "_gensr_cast_hook", False):
+        head.register_forward_pre_hook(
+            lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
+        head._gensr_cast_hook = True
 
 
 def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
@@ -282,10 +313,14 @@ class GenSR(SRModel):
     def set_precision(self, precision: str = "auto") -> str:
         """Cast the backbone's weights for inference: ``bf16``, ``fp32`` or ``auto`` (bf16 on
         a CUDA device that supports it, else fp32). The history views, filters and
-        projections stay fp32 (they are small and run once per instance). Returns the
-        precision now in effect. For training keep fp32 weights (the trainer autocasts)."""
+        projections stay fp32 (they are small and run once per instance), and so does the LM
+        head (:func:`keep_head_fp32`: bf16 logits would round close scores into ties).
+        Returns the precision now in effect. For training keep fp32 weights (the trainer
+        autocasts)."""
         resolved = resolve_precision(precision, self.device)
         self.backbone.to(DTYPES[resolved])
+        if resolved == "bf16":
+            keep_head_fp32(self.backbone.core)
         return resolved
 
     def fused_runner(self) -> FusedT5 | None:
@@ -510,7 +545,8 @@ class GenSR(SRModel):
         return ModelOutput(loss=loss, logs=logs)
 
     def score(self, batch: Batch) -> torch.Tensor:
-        """P("Yes") of every candidate: the history encoded once per instance; with length
+        """The log-odds of "Yes" for every candidate (:func:`yes_log_odds`; its sigmoid is
+        P("Yes"), in the same order): the history encoded once per instance; with length
         buckets (:attr:`speed`), instances grouped by prompt length; candidates scored in
         chunks of at most ``chunk`` pointwise sequences."""
         speed = self.resolved_speed()
@@ -535,7 +571,7 @@ class GenSR(SRModel):
 
     def _score_group(self, enc: HistoryEncoding, candidates: torch.Tensor, speed: Speed,
                      shared: bool) -> torch.Tensor:
-        """P("Yes") (B, C) in calls of at most ``speed.chunk`` sequences (at least one
+        """Log-odds of "Yes" (B, C) in calls of at most ``speed.chunk`` sequences (at least one
         candidate of each instance of a block of at most ``chunk`` instances)."""
         b, c = candidates.shape
         chunk = int(speed.chunk)  # type: ignore[arg-type]
@@ -549,8 +585,6 @@ class GenSR(SRModel):
             for start in range(0, c, per_chunk):
                 logits, _ = self.yes_no_logits(sub, cands[:, start : start + per_chunk],
                                                speed=speed, shared_mask=shared)
-                logits = logits.float()  # P(Yes) = exp(l_yes - logsumexp(l)): no V-wide softmax
-                parts.append(torch.exp(logits[..., self.backbone.yes_id]
-                                       - torch.logsumexp(logits, dim=-1)))
+                parts.append(yes_log_odds(logits, self.backbone.yes_id))
             blocks.append(torch.cat(parts, dim=1))
         return torch.cat(blocks, dim=0)
