@@ -167,13 +167,13 @@ def train_cmd(
                     resume=resume, device=device, log=console.print)
     from accelerate import PartialState
 
-    if run.get("trained") and PartialState().is_main_process:
-        best = run["best_metric"]
-        from gensr.train.loop import STOP_REASONS
+    if run.trained and run.best_metric and PartialState().is_main_process:
+        best = run.best_metric
+        from gensr.runs import STOP_REASONS
 
-        why = STOP_REASONS.get(run.get("stop_reason") or "", run["status"])
-        console.print(f"{run['model']}: best {best['name']} {best['value']:.4f} at step "
-                      f"{run['best_step']} of {run['steps']} ({why}, "
+        why = STOP_REASONS.get(run.stop_reason or "", run.status)
+        console.print(f"{run.model}: best {best['name']} {best['value']:.4f} at step "
+                      f"{run.best_step} of {run.steps} ({why}, "
                       f"{time.time() - start:.0f}s) -> {out}")
 
 
