@@ -68,7 +68,7 @@ def test_retrieval_masks_earlier_splits_never_the_target(tiny_data, tmp_path):
 
 
 def test_retriever_alone_equals_full_ranking_below_n(tiny_data, tiny_cf_path, runs):
-    from gensr.cf.scorer import LightGCNConfig, LightGCNScorer
+    from gensr.models.baselines.lightgcn import LightGCNConfig, LightGCNScorer
     from gensr.runs import load_run
 
     sasrec, _ = load_run(runs["sasrec"], tiny_data, "cpu")

@@ -13,7 +13,7 @@ MODELS: dict[str, str] = {
     "pop": "gensr.models.baselines.reference:PopularityScorer",
     "bm25": "gensr.models.baselines.reference:BM25Scorer",
     "gensr": "gensr.models.gensr.modeling:GenSR",
-    "lightgcn": "gensr.cf.scorer:LightGCNScorer",
+    "lightgcn": "gensr.models.baselines.lightgcn:LightGCNScorer",
     "sasrec": "gensr.models.baselines.sasrec:SASRec",
     "tem": "gensr.models.baselines.tem:TEM",
     "unisar": "gensr.models.baselines.unisar:UniSAR",
