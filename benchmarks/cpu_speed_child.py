@@ -40,7 +40,7 @@ def main() -> None:
     import gensr
     from gensr.data import load_data
     from gensr.data.batching import TrainSampler, eval_instances
-    from gensr.eval.metrics import rank_metrics
+    from gensr.metrics import rank_metrics
     from gensr.models.gensr import GenSR, GenSRConfig
 
     data = load_data(args.data)

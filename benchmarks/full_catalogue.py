@@ -100,9 +100,9 @@ def retriever_specs(runs: dict[str, Path]) -> dict[str, tuple[str, str]]:
 def quality(runs: dict[str, Path], ns: list[int], max_instances: int | None, seed: int,
             device: str, batch_size: int, log) -> dict:
     """Rows of the quality table (see the module docstring), with their wall times."""
-    from gensr.models.baselines.lightgcn import LightGCNConfig, LightGCNScorer
     from gensr.eval.protocol import evaluate_full, full_instances
     from gensr.eval.rerank import evaluate_rerank
+    from gensr.models.baselines.lightgcn import LightGCNConfig, LightGCNScorer
     from gensr.models.baselines.reference import (
         BM25Config,
         BM25Scorer,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gensr.eval.metrics import rank_metrics
+from gensr.metrics import rank_metrics
 
 
 def test_single_positive_hand_computed():

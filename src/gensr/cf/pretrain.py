@@ -43,7 +43,7 @@ from gensr.config import update_config
 from gensr.data.candidates import InteractedSet
 from gensr.data.dataset import SRData, load_data
 from gensr.errors import ConfigError, DataError
-from gensr.eval.metrics import rank_metrics
+from gensr.metrics import rank_metrics
 from gensr.progress import progress as progress_bar
 from gensr.tensor import pick_device
 

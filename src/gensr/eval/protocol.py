@@ -23,7 +23,7 @@ import torch
 
 from gensr.data.batching import TASK_INDEX, InstanceTable, eval_instances
 from gensr.data.dataset import SRData
-from gensr.eval.metrics import KS, TieRule, metric_names, rank_metrics
+from gensr.metrics import KS, TieRule, metric_names, rank_metrics
 from gensr.models.base import SRModel
 from gensr.progress import progress as progress_bar
 from gensr.threads import guarded

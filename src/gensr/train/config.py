@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gensr.errors import ConfigError
-from gensr.eval.metrics import KS, metric_names
+from gensr.metrics import KS, metric_names
 from gensr.threads import parse_threads
 
 Precision = Literal["auto", "fp32", "bf16"]

@@ -22,7 +22,6 @@ is a plain loop.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import platform
 import shutil
@@ -51,12 +50,12 @@ from gensr.data.batching import (
 )
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, DataError, RunError
-from gensr.eval.metrics import KS, metric_names
 from gensr.eval.protocol import Shard, evaluate_table
+from gensr.metrics import KS, metric_names
 from gensr.models.base import ModelOutput, SRModel
 from gensr.outputs import MARKER, make_dir, write_marker
 from gensr.progress import progress as progress_bar
-from gensr.runs import pick_device, resolve_precision
+from gensr.runs import RunInfo, pick_device, resolve_precision
 from gensr.threads import ThreadGuard, parse_threads
 from gensr.train import checkpoint
 from gensr.train.checkpoint import TrainState
@@ -144,27 +143,6 @@ def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> I
                           f"the tasks {list(tasks)}: raise train.eval_max_instances or "
                           "eval_fraction")
     return table.subset(np.nonzero(keep)[0])
-
-
-STOP_REASONS = {"early_stop": "early stop", "max_steps": "max steps",
-                "max_epochs": "max epochs", "time_budget": "time budget",
-                "interrupted": "interrupted", "paused": "paused"}
-
-
-def stop_reason(run: dict[str, Any]) -> str | None:
-    """Why a trained run stopped (a key of :data:`STOP_REASONS`): ``run.json``'s
-    ``stop_reason``, or for runs written before it was recorded, inferred from the status
-    and the step counts. None for runs that are not trained or still running (or started)."""
-    if not run.get("trained") or run.get("status") in ("running", "started"):
-        return None
-    if run.get("stop_reason"):
-        return str(run["stop_reason"])
-    status = run.get("status")
-    if status in ("early_stopped", "interrupted", "paused"):
-        return {"early_stopped": "early_stop"}.get(status, status)
-    max_steps = (run.get("train_config") or {}).get("max_steps")
-    return "max_steps" if max_steps is not None and run.get("steps") == max_steps \
-        and run.get("total_steps") == max_steps else "max_epochs"
 
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
@@ -464,26 +442,14 @@ def _device_name(device: torch.device) -> str:
 def _write_run_info(run_dir: Path, model: SRModel, data: SRData, config: TrainConfig,
                     state: TrainState, status: str, info: dict[str, Any]) -> None:
     best = next((h for h in state.history if h["step"] == state.best_step), None)
-    run = {
-        "model": model.name,
-        "data_dir": str(Path(data.path).resolve()),
-        "data_name": data.name,
-        "data_fingerprint": data.fingerprint,
-        "trained": True,
-        "status": status,
-        "model_config": dataclasses.asdict(model.config),
-        "train_config": dataclasses.asdict(config),
-        "best_step": state.best_step,
-        "best_metric": {"name": config.metric, "value": state.best_metric},
-        "best_valid": best["metrics"] if best else None,
-        "steps": state.step,
-        "epochs": round(state.step / info["steps_per_epoch"], 3),
-        "wall_time_s": round(state.wall_time, 2),
-        **info,
-        "torch": torch.__version__,
-        "gensr": gensr.__version__,
-        "history": state.history,
-    }
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(run, indent=2))
-    tmp.replace(run_dir / "run.json")
+    RunInfo(
+        model=model.name, data_dir=str(Path(data.path).resolve()), data_name=data.name,
+        data_fingerprint=data.fingerprint, trained=True, status=status,
+        model_config=dataclasses.asdict(model.config), train_config=dataclasses.asdict(config),
+        best_step=state.best_step,
+        best_metric={"name": config.metric, "value": state.best_metric},
+        best_valid=best["metrics"] if best else None, steps=state.step,
+        epochs=round(state.step / info["steps_per_epoch"], 3),
+        wall_time_s=round(state.wall_time, 2), **info,
+        torch=torch.__version__, gensr=gensr.__version__, history=state.history,
+    ).write(run_dir)
