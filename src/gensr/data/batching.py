@@ -8,8 +8,9 @@ stored candidates. Models see only :class:`Batch`: trainer, evaluator, ``compare
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -121,20 +122,66 @@ class InstanceTable:
             yield self.make_batch(data, order[b : b + batch_size], max_his_len)
 
     def make_batch(self, data: SRData, index: np.ndarray, max_his_len: int) -> Batch:
+        """The instances at ``index``, each with its last ``max_his_len`` interactions
+        before its ``seq`` (:meth:`SequenceStore.history`, already left-padded)."""
         items, beh, queries = data.sequences.history(self.user[index], self.seq[index],
                                                      max_his_len)
-        t = torch.from_numpy
-        return Batch(
-            user=t(self.user[index]),
-            task=t(self.task[index]),
-            query=t(self.query[index]),
-            hist_item=t(items),
-            hist_behaviour=t(beh),
-            hist_query=t(queries),
-            candidates=t(self.candidates[index]),
-            labels=None if self.labels is None else t(self.labels[index]).float(),
-            target_pos=None if self.target_pos is None else t(self.target_pos[index]),
+        return pack_batch(
+            user=self.user[index], task=self.task[index], query=self.query[index],
+            hist_item=items, hist_behaviour=beh, hist_query=queries,
+            candidates=self.candidates[index],
+            labels=None if self.labels is None else self.labels[index],
+            target_pos=None if self.target_pos is None else self.target_pos[index],
         )
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """(len(rows), length) int64: each row's last ``length`` values right-aligned, 0 before
+    them (the history layout of :class:`Batch`: most recent last)."""
+    out = np.zeros((len(rows), length), dtype=np.int64)
+    if length > 0:
+        for i, row in enumerate(rows):
+            k = min(len(row), length)
+            if k:
+                out[i, length - k:] = row[len(row) - k:]
+    return out
+
+
+def pack_batch(*, user: Any, task: Any, query: Any, hist_item: Any, hist_behaviour: Any,
+               hist_query: Any, candidates: Any = None, length: int | None = None,
+               labels: Any = None, target_pos: Any = None) -> Batch:
+    """One :class:`Batch` from per-instance values: the one place histories are packed.
+
+    ``user``, ``task``, ``query`` (B,) and ``candidates`` (B, C): numpy int64 arrays or
+    tensors (taken as they are) or lists of ints; ``candidates`` None = a (B, 1) column of
+    0 (for a retriever, which ignores candidates, or a reranker that puts the retrieved
+    items in: :func:`gensr.eval.rerank.rerank_batch`). ``hist_*``: (B, L) arrays already
+    left-padded, or with ``length`` one sequence per instance, oldest first, of which the
+    last ``length`` are kept and left-padded with 0 (:func:`left_pad`). ``labels`` become
+    float."""
+    if length is not None:
+        hist_item, hist_behaviour, hist_query = (left_pad(h, length) for h in
+                                                 (hist_item, hist_behaviour, hist_query))
+    user = _tensor(user)
+    return Batch(
+        user=user, task=_tensor(task), query=_tensor(query),
+        hist_item=_tensor(hist_item), hist_behaviour=_tensor(hist_behaviour),
+        hist_query=_tensor(hist_query),
+        candidates=(torch.zeros((len(user), 1), dtype=torch.long) if candidates is None
+                    else _tensor(candidates)),
+        labels=None if labels is None else _tensor(labels).float(),
+        target_pos=None if target_pos is None else _tensor(target_pos),
+    )
+
+
+def _tensor(values: Any) -> torch.Tensor:
+    """A tensor of ``values``: a tensor as it is, a numpy array shared (``from_numpy``), a
+    list as int64."""
+    if isinstance(values, torch.Tensor):
+        return values
+    if isinstance(values, np.ndarray):
+        return torch.from_numpy(values)
+    return torch.tensor(values, dtype=torch.long)
 
 
 def tasks_present(table: InstanceTable) -> tuple[str, ...]:
