@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gensr.errors import ConfigError
-from gensr.serve.ranker import REQUEST_FIELDS, Interaction, RankRequest
+from gensr.serve.requests import REQUEST_FIELDS, Interaction, RankRequest
 
 
 def _entry(text: str, where: str) -> Interaction:
