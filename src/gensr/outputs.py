@@ -17,6 +17,7 @@ names and the folder's own file (``meta.json`` of a data directory, ``results.js
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -35,9 +36,15 @@ KNOWN: dict[str, frozenset[str] | None] = {
         "users.parquet", "candidates_valid.parquet", "candidates_test.parquet",
         "report.json", "report.md",
     }),
-    "quickstart": frozenset({"data", "cf.safetensors", "cf.json", "gensr", "results.json",
+    "quickstart": frozenset({"data", "cf.safetensors", "cf.json", "gensr", "gensr.yaml",
+                             "results.json",
                              "results.md"}),
     "run": None,
+}
+# name patterns of the other files gensr writes there: every candidate strategy's files
+# (data/schema.py: candidates_{split}.{strategy}.parquet, candidates.{strategy}.json)
+PATTERNS: dict[str, tuple[str, ...]] = {
+    "data": ("candidates_valid.*.parquet", "candidates_test.*.parquet", "candidates.*.json"),
 }
 # the file that names a pre-marker folder of the kind
 LEGACY_ANCHOR = {"data": ("meta.json",), "quickstart": ("results.json", "data")}
@@ -66,36 +73,22 @@ def marker_kind(directory: str | Path) -> str | None:
     return kind if kind in KINDS else None
 
 
-def _is_known(name: str, known: frozenset[str]) -> bool:
-    if name == MARKER or name in known:
+def _is_known(name: str, kind: str) -> bool:
+    """Whether gensr writes an entry called ``name`` in a folder of ``kind``."""
+    known = KNOWN[kind]
+    if known is None or name == MARKER or name in known:
+        return True
+    if any(fnmatch.fnmatchcase(name, p) for p in PATTERNS.get(kind, ())):
         return True
     # a staging folder of a killed write (``.data.tmp-…``)
     return name.startswith(".") and any(name.startswith(f".{k}.tmp") for k in known)
 
 
-def _known(kind: str) -> frozenset[str] | None:
-    known = KNOWN[kind]
-    if kind == "data" and known is not None:  # + the files of `gensr data candidates`
-        from gensr.data.candidates import (
-            DEFAULT_STRATEGY,
-            STRATEGIES,
-            candidates_filename,
-            strategy_card_filename,
-        )
-
-        known = known | {candidates_filename(split, s) for s in STRATEGIES
-                         for split in ("valid", "test")}
-        known = known | {strategy_card_filename(s) for s in STRATEGIES
-                         if s != DEFAULT_STRATEGY}
-    return known
-
-
 def foreign_entries(directory: str | Path, kind: str) -> list[str]:
     """Entries of ``directory`` that gensr does not write in a folder of ``kind``."""
-    known = _known(kind)
-    if known is None:
+    if KNOWN[kind] is None:
         return []
-    return sorted(p.name for p in Path(directory).iterdir() if not _is_known(p.name, known))
+    return sorted(p.name for p in Path(directory).iterdir() if not _is_known(p.name, kind))
 
 
 def is_owned(directory: str | Path, kind: str) -> bool:

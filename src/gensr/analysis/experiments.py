@@ -2,16 +2,15 @@
 setting with the shared trainer (:func:`gensr.train.train_run`), evaluate each best model on
 the test split with the one protocol (:func:`gensr.eval.evaluate`), plot R@5 and N@5 per task.
 
-Every run lives in ``OUT/runs/<setting>/seed<k>/`` with an ``analysis_settings.json`` of what
-it was trained with and an ``analysis_metrics.json`` of its evaluation; running the command
-again reuses a finished run with the same settings (and its evaluation when split and
-``max_instances`` match), so a sweep can be extended value by value and a figure redrawn
-cheaply; a folder trained otherwise is refused.
+Every run lives in ``OUT/runs/<setting>/seed<k>/`` (its settings in ``seed<k>.yaml`` beside
+it); running the command again reuses a finished run with the same settings and its cached
+evaluation (:mod:`gensr.reuse`, the rules ``gensr compare`` follows), so a sweep can be
+extended value by value and a figure redrawn cheaply; a folder trained otherwise is refused.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,10 +21,11 @@ import numpy as np
 
 from gensr.analysis.common import mean_std, prepare_out, pyplot, save_figure, write_csv, write_json
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import ConfigError, RunError
-from gensr.eval.protocol import evaluate
+from gensr.data.schema import TASK_TITLES
+from gensr.errors import ConfigError
 from gensr.models.registry import model_class
-from gensr.runs import load_run, read_run_info
+from gensr.reuse import EvalSettings, ensure_run, evaluate_run, evaluation_table
+from gensr.runs import RunInfo
 
 METRICS: tuple[str, ...] = ("R@5", "N@5", "R@10", "N@10")
 PLOT_METRICS: tuple[str, ...] = ("R@5", "N@5")
@@ -39,10 +39,6 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "no-filter": {"use_soft_filter": False},
     "no-contrastive": {"use_contrastive": False},
 }
-SETTINGS_FILE = "analysis_settings.json"
-METRICS_FILE = "analysis_metrics.json"  # the evaluation of a reused run is reused too
-FINISHED = ("finished", "early_stopped")
-TASK_TITLE = {"src": "Search", "rec": "Recommendation"}
 
 
 def train_and_evaluate(
@@ -58,35 +54,24 @@ def train_and_evaluate(
     device: str | None,
     progress: bool,
     log: Callable[[str], None],
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Train (or reuse) one run and evaluate its best model; returns (metrics, run.json)."""
-    from gensr.train import train_run
+) -> tuple[dict[str, dict[str, float]], RunInfo]:
+    """Train (or reuse) one run and evaluate its best model (:mod:`gensr.reuse`: a finished
+    run with the same settings and its cached evaluation are reused); returns (metrics,
+    the run's record)."""
+    from gensr.train.run import build_configs
 
-    settings = {"model": model_name, "data_fingerprint": data.fingerprint,
-                "config": str(Path(config_path).resolve()) if config_path else None,
-                "sets": list(sets), "cf": str(Path(cf_path).resolve()) if cf_path else None}
-    marker = run_dir / SETTINGS_FILE
-    info = read_run_info(run_dir)
-    scores = run_dir / METRICS_FILE
-    evaluation = {"split": split, "max_instances": max_instances}
-    if marker.exists() and json.loads(marker.read_text()) == settings \
-            and info.get("status") in FINISHED:
+    model_config, train_config = build_configs(model_name, config_path=config_path,
+                                               sets=list(sets), cf_path=cf_path)
+    action, info = ensure_run(run_dir, model_name, dataclasses.asdict(model_config),
+                              dataclasses.asdict(train_config), data, device=device, log=log,
+                              progress=progress, config_file=run_dir.parent /
+                              f"{run_dir.name}.yaml")
+    if action == "reused":
         log(f"reusing {run_dir} (finished, same settings)")
-        saved = json.loads(scores.read_text()) if scores.exists() else {}
-        if saved.get("evaluation") == evaluation:
-            return saved["metrics"], info
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunError(f"{run_dir} holds a run with other settings or an unfinished one: "
-                           "remove it or choose another --out")
-        all_sets = list(sets) + ([] if progress else ["train.progress=false"])
-        info = train_run(run_dir, model_name, data.path, config_path=config_path,
-                         sets=all_sets, cf_path=cf_path, device=device, log=log)
-        marker.write_text(json.dumps(settings, indent=2))
-    model, _ = load_run(run_dir, data, device)
-    metrics = evaluate(model, data, split, max_instances=max_instances, progress=progress)
-    scores.write_text(json.dumps({"evaluation": evaluation, "metrics": metrics}, indent=2))
-    return metrics, info
+    settings = EvalSettings(split=split, max_instances=max_instances)
+    evaluation = evaluate_run(run_dir, info, data, evaluation_table(data, settings), settings,
+                              device=device, progress=progress)
+    return evaluation.metrics, info
 
 
 def _check_fields(model_name: str, fields: Sequence[str], what: str) -> None:
@@ -225,7 +210,7 @@ def _run_grid(data_dir: str | Path, out: str | Path, variants: dict[str, dict[st
             for task, row in metrics.items():
                 per_run.append({"variant": variant, "seed": seed, "task": task,
                                 **{m: row[m] for m in METRICS}, "n": row["n"],
-                                "steps": info.get("steps"), "best_step": info.get("best_step"),
+                                "steps": info.steps, "best_step": info.best_step,
                                 "run_dir": str(run_dir)})
             log("    " + "  ".join(f"{t}: R@5 {r['R@5']:.4f} N@5 {r['N@5']:.4f}"
                                    for t, r in metrics.items()))
@@ -271,7 +256,7 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: Path) -> Path:
             ax.errorbar([p["value"] for p in pts], [p[metric] for p in pts],
                         yerr=[p[f"{metric}_std"] for p in pts] if several else None,
                         color=color, marker=marker, capsize=3,
-                        label=f"{TASK_TITLE[task]} (n={pts[0]['n']})")
+                        label=f"{TASK_TITLES[task]} (n={pts[0]['n']})")
             for p in pts:
                 ax.annotate(f"{p[metric]:.3f}", (p["value"], p[metric]), fontsize=7,
                             textcoords="offset points", xytext=(0, 6), ha="center")
@@ -313,7 +298,7 @@ def plot_ablate(rows: list[dict[str, Any]], variants: Sequence[str], path: Path)
         ax.set_xticks(range(len(variants)), variants, rotation=20)
         ax.set_ylabel("test metric")
         n = next((r["n"] for r in rows if r["task"] == task), 0)
-        ax.set_title(f"{TASK_TITLE[task]} (test instances: {n}, seeds: "
+        ax.set_title(f"{TASK_TITLES[task]} (test instances: {n}, seeds: "
                      f"{max(r['n_seeds'] for r in rows)})")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)

@@ -198,7 +198,7 @@ def summarise(estimates: list[dict[str, Any]], labels: Sequence[str],
     return rows
 
 
-TASK_TITLE = {"src": "Search", "rec": "Rec."}
+SHORT_TITLES = {"src": "Search", "rec": "Rec."}  # the x tick labels: short forms of TASK_TITLES
 
 
 def plot_mi(rows: list[dict[str, Any]], estimates: list[dict[str, Any]],
@@ -227,7 +227,7 @@ def plot_mi(rows: list[dict[str, Any]], estimates: list[dict[str, Any]],
             ax.scatter(np.full(len(dots), pos), dots, s=12, color="black", zorder=3)
             ax.text(pos, row["mean"] + (row["std"] or 0), f"{row['mean']:.3f}",
                     ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(tasks)), [f"I(X; Y_{t[0].upper()}) — {TASK_TITLE[t]}"
+    ax.set_xticks(range(len(tasks)), [f"I(X; Y_{t[0].upper()}) — {SHORT_TITLES[t]}"
                                       for t in tasks])
     ax.set_ylabel("MINE estimate (nats, held-out)")
     ax.axhline(0, color="grey", lw=0.8)

@@ -10,8 +10,9 @@ import numpy as np
 import polars as pl
 
 from gensr.data.batching import TASK_INDEX, InstanceTable
+from gensr.data.schema import TASK_TITLES
 from gensr.errors import RunError
-from gensr.eval.tables import TABLE_METRICS, TASK_NAMES, Cell, to_markdown
+from gensr.eval.tables import TABLE_METRICS, Cell, to_markdown
 from gensr.metrics import KS, metric_names
 from gensr.reuse import RunEval
 from gensr.runs import STOP_REASONS
@@ -149,7 +150,7 @@ def significance_markdown(report: dict[str, Any]) -> str:
                     continue
                 mark = SIGNIFICANCE_MARK if r["p_value"] < sig["alpha"] else ""
                 cells.append(f"{r['diff']:+.4f} ({_fmt_p(r['p_value'])}){mark}")
-            lines.append(f"| {model} | {TASK_NAMES.get(task, task)} | {n:,} | "
+            lines.append(f"| {model} | {TASK_TITLES.get(task, task)} | {n:,} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -23,9 +23,8 @@ from gensr.data.candidates import (
     sample_negatives,
 )
 from gensr.data.dataset import SRData
+from gensr.data.schema import TASK_INDEX
 from gensr.errors import DataError
-
-TASK_INDEX = {"rec": 0, "src": 1}
 
 
 @dataclass

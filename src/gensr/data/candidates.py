@@ -40,35 +40,21 @@ import polars as pl
 import pyarrow as pa
 
 from gensr.data.bm25 import BM25Index
+from gensr.data.schema import (
+    DEFAULT_STRATEGY,
+    EVAL_SPLITS,
+    STRATEGIES,
+    candidates_filename,
+    check_strategy,
+    strategy_card_filename,
+)
 from gensr.data.text import analyze
 from gensr.errors import DataError
 
 if TYPE_CHECKING:
     from gensr.data.dataset import SRData
 
-STRATEGIES: tuple[str, ...] = ("uniform", "bm25-hard", "popular")
-DEFAULT_STRATEGY = "uniform"
-SPLITS = ("valid", "test")
-
-
-def check_strategy(name: str) -> str:
-    """``name`` if it is a candidate strategy, else a :class:`DataError` naming the choices."""
-    if name not in STRATEGIES:
-        raise DataError(f"unknown candidate strategy {name!r}; choose one of "
-                        f"{', '.join(STRATEGIES)}")
-    return name
-
-
-def candidates_filename(split: str, strategy: str = DEFAULT_STRATEGY) -> str:
-    """``candidates_test.parquet`` (uniform) or ``candidates_test.bm25-hard.parquet``."""
-    check_strategy(strategy)
-    suffix = "" if strategy == DEFAULT_STRATEGY else f".{strategy}"
-    return f"candidates_{split}{suffix}.parquet"
-
-
-def strategy_card_filename(strategy: str) -> str:
-    """The settings file written beside a non-default strategy's candidates."""
-    return f"candidates.{check_strategy(strategy)}.json"
+SPLITS = EVAL_SPLITS
 
 
 class InteractedSet:

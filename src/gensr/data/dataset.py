@@ -187,11 +187,9 @@ class SRData:
     def candidates(self, split: str, strategy: str = "uniform") -> pl.DataFrame:
         """The stored evaluation instances of ``split`` ("valid" or "test") with the
         candidates of ``strategy`` (see :mod:`gensr.data.candidates`)."""
-        from gensr.data.candidates import candidates_filename
-
         if split not in ("valid", "test"):
             raise DataError(f"split must be 'valid' or 'test', not {split!r}")
-        path = self.path / candidates_filename(split, strategy)
+        path = self.path / schema.candidates_filename(split, strategy)
         if not path.exists():
             if strategy == "uniform":
                 raise DataError("candidates file is missing", file=str(path))

@@ -19,10 +19,47 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from gensr.errors import DataError
+
+# --- the vocabulary of tasks and behaviours (one place; everything else imports it) ---------
 BEHAVIOURS: tuple[str, str] = ("rec", "src")
-"""The two behaviours/tasks. Task index = position in this tuple; behaviour code = index + 1."""
+"""The two behaviours, which are also the two tasks: a rec interaction is a recommendation
+instance, a src interaction a search instance."""
+TASKS: tuple[str, str] = BEHAVIOURS
+#: a task's index in batches (``Batch.task``): its position in :data:`TASKS`
+TASK_INDEX: dict[str, int] = {name: i for i, name in enumerate(TASKS)}
+#: a behaviour's code in history tensors (``Batch.hist_behaviour``; 0 = padding)
+BEHAVIOUR_CODES: dict[str, int] = {name: i + 1 for i, name in enumerate(BEHAVIOURS)}
+#: how tables and plots title a task
+TASK_TITLES: dict[str, str] = {"rec": "Recommendation", "src": "Search"}
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+EVAL_SPLITS: tuple[str, str] = ("valid", "test")
+
+# --- evaluation candidates: the strategies and their file names ------------------------------
+STRATEGIES: tuple[str, ...] = ("uniform", "bm25-hard", "popular")
+DEFAULT_STRATEGY = "uniform"
+
+
+def check_strategy(name: str) -> str:
+    """``name`` if it is a candidate strategy, else a :class:`DataError` naming the choices."""
+    if name not in STRATEGIES:
+        raise DataError(f"unknown candidate strategy {name!r}; choose one of "
+                        f"{', '.join(STRATEGIES)}")
+    return name
+
+
+def candidates_filename(split: str, strategy: str = DEFAULT_STRATEGY) -> str:
+    """``candidates_test.parquet`` (uniform) or ``candidates_test.bm25-hard.parquet``."""
+    check_strategy(strategy)
+    suffix = "" if strategy == DEFAULT_STRATEGY else f".{strategy}"
+    return f"candidates_{split}{suffix}.parquet"
+
+
+def strategy_card_filename(strategy: str) -> str:
+    """The settings file written beside a non-default strategy's candidates."""
+    return f"candidates.{check_strategy(strategy)}.json"
+
 SCHEMA_VERSION = 1
 
 INTERACTIONS = pa.schema(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from gensr.data.schema import TASK_TITLES
+
 Cell = float | tuple[float, float] | None
 Results = dict[str, dict[str, dict[str, float]]]  # model -> task -> metric -> value
 Marks = dict[str, dict[str, dict[str, str]]]  # model -> task -> metric -> marker
 
 TABLE_METRICS: tuple[str, ...] = ("R@5", "N@5", "R@10", "N@10")
-TASK_NAMES = {"rec": "Recommendation", "src": "Search"}
 
 
 def _value(cell: Cell) -> float | None:
@@ -73,7 +74,7 @@ def to_markdown(
     for task, metric, cells in table_rows(results, metrics):
         text = [(f"**{c}**" if best else c) + _mark(marks, m, task, metric)
                 for m, (c, best) in zip(models, cells)]
-        lines.append(f"| {TASK_NAMES.get(task, task)} | {metric} | " + " | ".join(text) + " |")
+        lines.append(f"| {TASK_TITLES.get(task, task)} | {metric} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +93,7 @@ def print_table(
     for m in results:
         table.add_column(m, justify="right")
     for task, metric, cells in table_rows(results, metrics):
-        table.add_row(TASK_NAMES.get(task, task), metric,
+        table.add_row(TASK_TITLES.get(task, task), metric,
                       *[(f"[bold]{c}[/bold]" if best else c) + _mark(marks, m, task, metric)
                         for m, (c, best) in zip(results, cells)])
     console.print(table)
