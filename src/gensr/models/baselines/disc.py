@@ -36,8 +36,9 @@ from torch import nn
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, RunError
-from gensr.models.base import ModelConfig, ModelOutput, SRModel
+from gensr.models.base import ModelOutput, SRModel
 from gensr.models.gensr.backbone import load_backbone
+from gensr.models.gensr.configuration import DualViewConfig
 from gensr.models.gensr.modeling import (
     build_views,
     data_token_table,
@@ -52,23 +53,11 @@ N_SLOTS = 5  # cf history, sem history, cf candidate, sem candidate, query
 
 
 @dataclass
-class DiscConfig(ModelConfig):
-    """Settings of the discriminative twin. The fields shared with :class:`GenSRConfig` mean
-    the same and have the same defaults; set them alike in a comparison."""
+class DiscConfig(DualViewConfig):
+    """Settings of the discriminative twin: GenSR's shared settings (:class:`DualViewConfig`:
+    backbone — only its tokenizer and input embeddings are used —, CF table, window, views,
+    filter, contrastive loss) and its own encoder and heads."""
 
-    backbone: str = "google/flan-t5-base"  # only its tokenizer and input embeddings are used
-    cf_path: str = ""
-    max_his_len: int = 20
-    item_text_tokens: int = 10
-    max_query_tokens: int = 16
-    view_layers: int = 1
-    view_heads: int = 2
-    view_dropout: float = 0.1
-    filter_heads: int = 1
-    filter_value_projection: bool = True
-    tau: float = 0.07
-    lam: float = 0.01
-    use_contrastive: bool = True
     # Eq. 1: α·L_S + (1−α)·L_R
     alpha: float = 0.5
     # the shared encoder (defaults mirror the scratch T5 encoder: 2 layers, 4 heads, d_ff 256)
@@ -77,9 +66,6 @@ class DiscConfig(ModelConfig):
     encoder_ff: int = 256
     encoder_dropout: float = 0.1
     head_hidden: int = 64  # hidden width of each task head
-    # scratch backbone (backbone = "scratch-t5"): the token table's width and vocabulary
-    scratch_d_model: int = 64
-    scratch_vocab_size: int = 3000
 
 
 class DiscriminativeTwin(SRModel):

@@ -49,7 +49,35 @@ def resolve_template(value: str, task: str) -> str:
 
 
 @dataclass
-class GenSRConfig(ModelConfig):
+class DualViewConfig(ModelConfig):
+    """The settings GenSR and its discriminative twin (``disc``) share: the backbone whose
+    tokenizer and token embeddings both use, the CF table, the history window, the two views
+    (Eq. 3-4), the soft filter (Eq. 5-6) and the contrastive loss (Eq. 10). One definition, so
+    both models mean the same by them and start from the same defaults."""
+
+    backbone: str = "google/flan-t5-base"
+    cf_path: str = ""  # the item table written by `gensr pretrain-cf`
+    max_his_len: int = 20
+    item_text_tokens: int = 10  # first N tokens of each item's text (reference: 10)
+    max_query_tokens: int = 16
+    # dual-view encoders (Eq. 3-4): reference 1 layer, 2 heads, FFN width = d, dropout 0.1
+    view_layers: int = 1
+    view_heads: int = 2
+    view_dropout: float = 0.1
+    # soft filter (Eq. 5-6): 1 head = the reference's bilinear score
+    filter_heads: int = 1
+    filter_value_projection: bool = True  # learned W_v (the reference used W_v = I)
+    # contrastive loss (Eq. 10)
+    tau: float = 0.07
+    lam: float = 0.01
+    use_contrastive: bool = True
+    # scratch backbone (backbone = "scratch-t5"): its width and WordPiece vocabulary
+    scratch_d_model: int = 64
+    scratch_vocab_size: int = 3000
+
+
+@dataclass
+class GenSRConfig(DualViewConfig):
     """Settings of GenSR. Defaults follow the paper's reference run where it gives one.
 
     ``backbone`` (docs/backbones.md): a Hugging Face model, encoder-decoder (T5, BART …) or
@@ -72,24 +100,12 @@ class GenSRConfig(ModelConfig):
             raise ConfigError("model.query_match marks the candidate's text tokens that occur "
                               "in the query: it needs model.candidate_text_len > 0")
 
-    backbone: str = "google/flan-t5-base"
     backbone_gguf_file: str = ""  # a GGUF file inside the `backbone` directory (dequantised)
     # LoRA on the backbone (peft): 0 = off, the whole backbone trains
     lora_r: int = 0
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=list)  # module names; [] = all linear
-    cf_path: str = ""  # the item table written by `gensr pretrain-cf`
-    max_his_len: int = 20
-    item_text_tokens: int = 10  # first N tokens of each item's text (reference: 10)
-    max_query_tokens: int = 16
-    # dual-view encoders (Eq. 3-4): reference 1 layer, 2 heads, FFN width = d, dropout 0.1
-    view_layers: int = 1
-    view_heads: int = 2
-    view_dropout: float = 0.1
-    # soft filter (Eq. 5-6): 1 head = the reference's bilinear score
-    filter_heads: int = 1
-    filter_value_projection: bool = True  # learned W_v (the reference used W_v = I)
     # prompt (Eq. 7): a template text or the name of a set in TEMPLATES (paper, interacted)
     rec_template: str = REC_TEMPLATE
     src_template: str = SRC_TEMPLATE
@@ -97,14 +113,10 @@ class GenSRConfig(ModelConfig):
     domain_singular: str = "item"
     answer_yes: str = "Yes"
     answer_no: str = "No"
-    # loss (Eq. 8-10)
-    tau: float = 0.07
-    lam: float = 0.01
-    # ablations (Fig. 4)
+    # ablations (Fig. 4; use_contrastive is in DualViewConfig)
     use_cf_view: bool = True
     use_semantic_view: bool = True
     use_soft_filter: bool = True
-    use_contrastive: bool = True
     # gensr's levers (issue 15; not in the paper, all off = the paper's model):
     # the candidate's first N text tokens spliced into the prompt as token embeddings (a
     # `{candidate_text}` slot, else right after {sem_candidate}), so the backbone can match
@@ -127,11 +139,9 @@ class GenSRConfig(ModelConfig):
     # least 4096). 256 rather than 512: at d_model 64 on a 2-core CPU a call's working set then
     # stays in cache, which scored about 15% faster (docs/speed.md)
     score_chunk: int = 256
-    # scratch backbone (backbone = "scratch-t5")
-    scratch_d_model: int = 64
+    # scratch backbone (backbone = "scratch-t5"; width and vocabulary in DualViewConfig)
     scratch_layers: int = 2
     scratch_decoder_layers: int = 1
     scratch_heads: int = 4
     scratch_d_ff: int = 256
-    scratch_vocab_size: int = 3000
     scratch_dropout: float = 0.1
