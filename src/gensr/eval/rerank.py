@@ -152,7 +152,12 @@ def rerank_candidates(got: Retrieved, target: torch.Tensor
 
 def rerank_batch(model: SRModel, batch: Batch, got: Retrieved) -> torch.Tensor:
     """(B, N') reranker scores of the retrieved items (``-inf`` at padding); N' = the widest
-    row (all-padding columns are not scored)."""
+    row (all-padding columns are not scored). ``batch``: the instances as the model reads
+    them (its candidates are replaced by the retrieved items).
+
+    The one rerank step: evaluation (:func:`evaluate_rerank`, after
+    :func:`rerank_candidates`) and serving (:class:`gensr.serve.full.CatalogueRanker`) both
+    score through it, so a served full-catalogue answer is the evaluated one."""
     width = int(got.counts().max()) if len(got.items) else 0
     width = max(width, 1)
     cands = got.items[:, :width].to(batch.user.device)
