@@ -168,7 +168,6 @@ def pick_backbone(tiny: bool, carry: Path | None = None) -> tuple[str, str]:
 
 
 TINY_GENSR = {"max_his_len": 4, "item_text_tokens": 4, "max_query_tokens": 4,
-              "score_chunk": 512,
               "rec_template": "Recommend: {cf_history} {sem_history}; {item} {cf_candidate} "
                               "{sem_candidate}?",
               "src_template": 'Search "{query}": {cf_history} {sem_history}; {item} '

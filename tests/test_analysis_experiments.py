@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from gensr.analysis import ABLATIONS, run_ablate, run_sweep
 from gensr.cli import app
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "analysis_gensr_tiny.yaml"
@@ -41,8 +41,8 @@ def test_sweep_over_tau_and_reuse(tiny_data_dir, tiny_cf_path, tmp_path):
                       cf_path=tiny_cf_path, **{**GRID, "log": logs.append})
     assert sum("reusing" in line for line in logs) == 2
     assert again["results"] == summary["results"]
-    # a run folder trained otherwise is refused, not overwritten
-    with pytest.raises(RunError, match="other settings"):
+    # a run folder trained otherwise is refused, not overwritten (gensr.reuse: compare's rule)
+    with pytest.raises(ConfigError, match="other settings"):
         run_sweep(tiny_data_dir, out, param="tau", values=[0.05], cf_path=tiny_cf_path,
                   **{**GRID, "max_steps": 3})
 

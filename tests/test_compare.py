@@ -119,7 +119,7 @@ def test_compare_end_to_end_then_reuses_everything(tmp_path, tiny_data_dir, monk
     def no_training(*args, **kwargs):
         raise AssertionError("compare retrained a finished run")
 
-    monkeypatch.setattr(compare_mod, "train_run", no_training)
+    monkeypatch.setattr("gensr.reuse.train_run", no_training)
     again = compare(tiny_data_dir, ALL, out, config_path=config, progress=False, log=_quiet)
     for name in names:
         (run,) = again["models"][name]["runs"]
@@ -137,8 +137,10 @@ def test_compare_end_to_end_then_reuses_everything(tmp_path, tiny_data_dir, monk
 def test_compare_resumes_an_interrupted_run(tmp_path, tiny_data_dir, monkeypatch):
     config = _yaml(tmp_path / "tiny.yaml", {**TINY, "models": {"sasrec": TINY["models"]["sasrec"]}})
     out = tmp_path / "cmp"
-    real = compare_mod.train_run
-    monkeypatch.setattr(compare_mod, "train_run",  # interrupted after 5 of 10 steps
+    import gensr.reuse as reuse
+
+    real = reuse.train_run
+    monkeypatch.setattr(reuse, "train_run",  # interrupted after 5 of 10 steps
                         lambda *a, **k: real(*a, **{**k, "stop_after_steps": 5}))
     first = compare(tiny_data_dir, "sasrec", out, config_path=config, progress=False,
                     log=_quiet)

@@ -90,12 +90,12 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_data_dir, tiny
         pytest.skip(f"2 gloo processes cannot start here: {done.stderr.strip()[-300:]}")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert (one["num_processes"], two["num_processes"]) == (1, 2)
-    timing = one["timing"]  # what benchmarks/scale.py reads
+    assert (one.num_processes, two["num_processes"]) == (1, 2)
+    timing = one.timing  # what benchmarks/scale.py reads
     assert timing["steps"] == 6
     assert timing["fit_started"] <= timing["first_step_done"] <= timing["last_step_done"]
-    assert [h["step"] for h in one["history"]] == [h["step"] for h in two["history"]] == [3, 6]
-    for h1, h2 in zip(one["history"], two["history"], strict=True):
+    assert [h["step"] for h in one.history] == [h["step"] for h in two["history"]] == [3, 6]
+    for h1, h2 in zip(one.history, two["history"], strict=True):
         _close(h1["metrics"], h2["metrics"], METRIC_TOL)  # validation sharded, merged exactly
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))

@@ -882,7 +882,7 @@ def test_a_failed_runs_tb_does_not_block_the_next(tmp_path, tiny_data_dir, monke
     assert (out / "tb").is_dir() and not (out / "last").exists()
     run = train_run(out, "sasrec", tiny_data_dir, sets=[*SMALL, "max_steps=2"],
                     log=lambda _: None)
-    assert run["status"] == "finished"
+    assert run.status == "finished"
 
 
 def test_a_task_missing_from_a_split_is_a_warning(rec_only_data, capsys, tmp_path):

@@ -137,16 +137,17 @@ def test_fused_t5_is_offered_only_for_t5(tiny_data):
 def test_speed_settings_resolve_and_validate():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = Speed()
-    assert auto.resolve(cpu, 512, True) == Speed(runner="fused", bucket=2, chunk=512,
-                                                 dropout="fast")
-    assert auto.resolve(cpu, 512, False) == Speed(runner="hf", bucket=2, chunk=512,
-                                                  dropout="fast")
-    assert auto.resolve(cuda, 512, True) == Speed(runner="fused", bucket=8, chunk=4096,
-                                                  dropout="torch")
-    assert auto.resolve(cuda, 512, False).runner == "hf"
-    assert Speed.plain().resolve(cpu, 512, True).dropout == "torch"
+    assert auto.resolve(cpu, True) == Speed(runner="fused", bucket=2, chunk=256,
+                                            dropout="fast")
+    assert auto.resolve(cpu, False) == Speed(runner="hf", bucket=2, chunk=256,
+                                             dropout="fast")
+    assert auto.resolve(cuda, True) == Speed(runner="fused", bucket=8, chunk=4096,
+                                             dropout="torch")
+    assert Speed(chunk=512).resolve(cuda, True).chunk == 512  # set: kept
+    assert auto.resolve(cuda, False).runner == "hf"
+    assert Speed.plain().resolve(cpu, True).dropout == "torch"
     with pytest.raises(ConfigError, match="T5"):
-        Speed(runner="fused").resolve(cpu, 512, False)
+        Speed(runner="fused").resolve(cpu, False)
     for bad in ({"runner": "x"}, {"compile": "x"}, {"chunk": 0},
                 {"bucket": -1}, {"pad_to": 0}, {"dropout": "x"}):
         with pytest.raises(ConfigError):
@@ -427,3 +428,14 @@ def test_cuda_bf16_fast_path_agrees_with_fp32(tiny_data):
     plain16 = scores("bf16", Speed.plain())  # the same bf16 weights, the model's own forward
     rel = np.abs(fast16 - plain16) / np.maximum(plain16, 1e-12)
     assert rel.max() <= 0.1, rel.max()  # the fused kernels add no error beyond bf16's own
+
+
+def test_retired_score_chunk_is_read_and_dropped(tiny_data):
+    """Runs and configs of earlier versions set model.score_chunk: they still load."""
+    from gensr.config import update_config
+    from gensr.models.gensr import GenSRConfig
+
+    config = update_config(GenSRConfig(), {"score_chunk": 2048, "max_his_len": 7})
+    assert config.max_his_len == 7 and not hasattr(config, "score_chunk")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        update_config(GenSRConfig(), {"score_chunks": 2048})

@@ -35,14 +35,14 @@ def _train(out, data_dir, *sets, **kwargs):
 def test_tiny_run_learns(tmp_path, tiny_data_dir):
     run = _train(tmp_path / "run", tiny_data_dir, "max_steps=120", "eval_every=40",
                  "batch_size=64", "lr=3e-3", "warmup_steps=10", "metric=rec/N@10")
-    losses = [h["train_loss"] for h in run["history"]]
+    losses = [h["train_loss"] for h in run.history]
     assert losses[-1] < losses[0] - 0.1, losses
-    best = run["best_valid"]["rec"]
+    best = run.best_valid["rec"]
     assert best["R@10"] > 0.2 and best["N@10"] > 0.09, best  # random: R@10 0.1, N@10 ~0.045
-    assert run["status"] == "finished" and run["steps"] == 120
-    assert run["trained"] and run["data_dir"] == str(tiny_data_dir.resolve())
-    assert run["train_config"]["max_steps"] == 120 and run["model_config"]["hidden"] == 32
-    assert [h["step"] for h in run["history"]] == [40, 80, 120]
+    assert run.status == "finished" and run.steps == 120
+    assert run.trained and run.data_dir == str(tiny_data_dir.resolve())
+    assert run.train_config["max_steps"] == 120 and run.model_config["hidden"] == 32
+    assert [h["step"] for h in run.history] == [40, 80, 120]
     out = tmp_path / "run"
     for name in ("model.json", "model.safetensors", "last/checkpoint.pt", "last/rng_0.pt"):
         assert (out / name).exists(), name
@@ -59,7 +59,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, monkeypatch):
     sets = ["max_steps=50", "eval_every=9", "batch_size=64", "warmup_steps=5", "lr=3e-3",
             "patience=0"]
     full = _train(tmp_path / "full", tiny_data_dir, *sets)
-    steps_per_epoch = full["steps_per_epoch"]
+    steps_per_epoch = full.steps_per_epoch
     assert 13 % steps_per_epoch != 0 and 50 > steps_per_epoch  # stops mid-epoch, then crosses
 
     calls = {"n": 0}
@@ -81,9 +81,9 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, monkeypatch):
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
 
     resumed = train_run(tmp_path / "cut", resume=True, log=_quiet)
-    assert resumed["steps"] == 50 and resumed["status"] == "finished"
-    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in full["history"]]
-    for a, b in zip(full["history"], resumed["history"]):
+    assert resumed.steps == 50 and resumed.status == "finished"
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in full.history]
+    for a, b in zip(full.history, resumed.history):
         assert a["value"] == pytest.approx(b["value"], abs=1e-6)
     for name in ("model.safetensors", "last/checkpoint.pt"):
         if name.endswith(".pt"):
@@ -99,9 +99,9 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_data_dir, monkeypatch):
 def test_stop_hook_and_resume_with_more_epochs(tmp_path, tiny_data_dir):
     run = _train(tmp_path / "r", tiny_data_dir, "max_epochs=1", "batch_size=64",
                  stop_after_steps=5)
-    assert run["status"] == "paused" and run["steps"] == 5
+    assert run.status == "paused" and run.steps == 5
     run = train_run(tmp_path / "r", resume=True, sets=["train.max_epochs=2"], log=_quiet)
-    assert run["status"] == "finished" and run["epochs"] == 2.0
+    assert run.status == "finished" and run.epochs == 2.0
     with pytest.raises(ConfigError, match="model settings"):
         train_run(tmp_path / "r", resume=True, sets=["model.hidden=8"], log=_quiet)
 
@@ -111,13 +111,13 @@ def test_wall_clock_budget_stops_training(tmp_path, tiny_data_dir):
     more and records why it stopped; the schedule still spans max_steps."""
     run = _train(tmp_path / "r", tiny_data_dir, "max_steps=500", "eval_every=100",
                  "batch_size=64", "time_budget_min=1e-6")
-    assert run["steps"] == 1 and run["status"] == "finished", run["steps"]
-    assert run["stop_reason"] == "time_budget" and run["total_steps"] == 500
-    assert [h["step"] for h in run["history"]] == [1] and run["best_step"] == 1
+    assert run.steps == 1 and run.status == "finished", run.steps
+    assert run.stop_reason == "time_budget" and run.total_steps == 500
+    assert [h["step"] for h in run.history] == [1] and run.best_step == 1
     assert (tmp_path / "r" / "model.safetensors").exists()
     full = _train(tmp_path / "f", tiny_data_dir, "max_steps=3", "batch_size=64",
                   "time_budget_min=60")
-    assert full["steps"] == 3 and full["stop_reason"] == "max_steps"
+    assert full.steps == 3 and full.stop_reason == "max_steps"
 
 
 def test_settings_resolution(tmp_path):
@@ -272,7 +272,7 @@ def test_untrainable_model_writes_run_dir(tmp_path, tiny_data_dir):
     from gensr.eval.runner import evaluate_run
 
     run = train_run(tmp_path / "pop", "pop", tiny_data_dir, log=_quiet)
-    assert run["trained"] is False
+    assert run.trained is False
     metrics = evaluate_run(run_dir=tmp_path / "pop", model=None, data=None, split="test")
     assert set(metrics) == {"rec", "src"}
     assert (tmp_path / "pop" / "metrics_test.json").exists()
@@ -294,20 +294,20 @@ def test_train_help():
     (["max_steps=40", "eval_every=50", "time_budget_min=0.00001"], "time_budget", "finished"),
 ])
 def test_run_json_records_why_training_stopped(tmp_path, tiny_data_dir, sets, reason, status):
-    from gensr.train.loop import stop_reason
+    from gensr.runs import RunInfo
 
     run = _train(tmp_path / "r", tiny_data_dir, "batch_size=64", *sets)
-    assert run["stop_reason"] == reason and run["status"] == status
+    assert run.stop_reason == reason and run.status == status
     if reason == "early_stop":  # lr 0: no validation improves on the first one
-        assert run["steps"] == 4 and run["best_step"] == 2
+        assert run.steps == 4 and run.best_step == 2
     if reason == "time_budget":  # stopped at once, and validated where it stopped
-        assert run["steps"] <= 1 < run["total_steps"]
-        assert run["history"][-1]["step"] == run["steps"] == run["best_step"]
+        assert run.steps <= 1 < run.total_steps
+        assert run.history[-1]["step"] == run.steps == run.best_step
     if reason == "max_epochs":
-        assert run["epochs"] == 1.0
+        assert run.epochs == 1.0
     # runs written before stop_reason existed: inferred from status and step counts
-    old = {k: v for k, v in run.items() if k != "stop_reason"}
-    assert stop_reason(old) == ("max_epochs" if reason == "time_budget" else reason)
+    old = RunInfo.from_dict({k: v for k, v in run.to_dict().items() if k != "stop_reason"})
+    assert old.why_stopped == ("max_epochs" if reason == "time_budget" else reason)
 
 
 def test_validation_subset_is_shared_across_tasks_and_seeds(tiny_data):

@@ -81,13 +81,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 def update_config(config: T, values: dict[str, Any], prefix: str = "") -> T:
     """A copy of dataclass ``config`` with ``values`` applied (type-checked, unknown keys
-    rejected). Nested dataclass fields take nested dicts or dotted keys."""
+    rejected; keys the class lists in ``RETIRED`` are dropped). Nested dataclass fields take
+    nested dicts or dotted keys."""
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    retired = getattr(type(config), "RETIRED", {})
     changes: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         head, _, rest = key.partition(".")
+        if head in retired and head not in names:  # an earlier version's setting: dropped
+            continue
         if head not in names:
             raise ConfigError(
                 f"unknown setting '{prefix}{head}'; valid: {', '.join(sorted(names))}"

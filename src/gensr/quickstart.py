@@ -10,6 +10,7 @@ interrupted GenSR run resumes from its checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from importlib import resources
@@ -33,7 +34,8 @@ from gensr.outputs import (
     remove_owned,
     write_marker,
 )
-from gensr.runs import load_run, pick_device, read_run_info
+from gensr.reuse import EvalSettings, ensure_cf_table, ensure_run, evaluate_run, evaluation_table
+from gensr.runs import RunInfo, pick_device
 
 REFERENCE_SCORERS = ("random", "pop", "bm25")
 
@@ -58,45 +60,36 @@ def _data(out: Path, console: Console, synthetic: dict | None = None) -> SRData:
 
 def _cf(out: Path, data: SRData, device: str | None, console: Console,
         options: dict | None = None) -> Path:
-    from gensr.cf import CFTable, pretrain_cf
-
     path = out / "cf.safetensors"
-    if path.exists():
-        try:
-            CFTable.load(path, data)
-            console.print(f"[bold]2/4 CF view[/bold]: reusing {path}")
-            return path
-        except Exception:  # a stale table for other data: make it again
-            path.unlink()
     console.print("[bold]2/4 CF view[/bold]: LightGCN on the training rec interactions")
-    card = pretrain_cf(data, path, device=device, **(options or {}))
-    valid = card["valid"]
-    console.print(f"LightGCN valid R@20 (full ranking) {valid['lightgcn']['R@20']:.4f} "
-                  f"vs popularity {valid['pop']['R@20']:.4f}")
+    _, card = ensure_cf_table(path, data, settings=options, device=device, log=console.print,
+                              progress=True)
+    if card is not None:
+        valid = card["valid"]
+        console.print(f"LightGCN valid R@20 (full ranking) {valid['lightgcn']['R@20']:.4f} "
+                      f"vs popularity {valid['pop']['R@20']:.4f}")
     return path
 
 
 def _train(out: Path, data: SRData, cf_path: Path, device: str | None, max_steps: int | None,
-           console: Console) -> Path:
-    from gensr.train.run import train_run
+           console: Console) -> tuple[Path, RunInfo]:
+    """GenSR's run in ``OUT/gensr`` (:func:`gensr.reuse.ensure_run`; quickstart owns the
+    folder, so a run with other settings is trained again rather than refused)."""
+    from gensr.train.run import build_configs
 
     run_dir = out / "gensr"
-    info = read_run_info(run_dir) if run_dir.exists() else {}
-    if info.get("status") == "finished" and info.get("data_fingerprint") == data.fingerprint:
-        console.print(f"[bold]3/4 train GenSR[/bold]: reusing the finished run {run_dir}")
-        return run_dir
     sets = [f"train.max_steps={max_steps}"] if max_steps else []
-    resume = (run_dir / "last").exists() and info.get("data_fingerprint") == data.fingerprint
-    if run_dir.exists() and not resume:
-        remove_owned(run_dir, "run", RunError)
-    console.print("[bold]3/4 train GenSR[/bold] (scratch T5, not pretrained; "
-                  f"{'resuming' if resume else 'config ' + str(quickstart_config())})")
-    if resume:
-        train_run(run_dir, resume=True, sets=sets, device=device, log=console.print)
-    else:
-        train_run(run_dir, "gensr", data.path, config_path=quickstart_config(), sets=sets,
-                  cf_path=cf_path, device=device, log=console.print)
-    return run_dir
+    model_config, train_config = build_configs("gensr", config_path=quickstart_config(),
+                                               sets=sets, cf_path=cf_path, device=device)
+    console.print("[bold]3/4 train GenSR[/bold] (scratch T5, not pretrained; config "
+                  f"{quickstart_config()})")
+    action, info = ensure_run(run_dir, "gensr", dataclasses.asdict(model_config),
+                              dataclasses.asdict(train_config), data, device=device,
+                              log=console.print, replace=True,
+                              config_file=out / "gensr.yaml")
+    if action == "reused":
+        console.print(f"reusing the finished run {run_dir}")
+    return run_dir, info
 
 
 def run_quickstart(
@@ -128,7 +121,7 @@ def run_quickstart(
         write_marker(out, "quickstart")
     data = _data(out, console, synthetic)
     cf_path = _cf(out, data, device, console, cf_options)
-    run_dir = _train(out, data, cf_path, device, max_steps, console)
+    run_dir, info = _train(out, data, cf_path, device, max_steps, console)
     console.print("[bold]4/4 evaluate[/bold] on the test candidates (100 per instance)")
     dev = pick_device(device)
     results: dict[str, dict] = {}
@@ -136,8 +129,9 @@ def run_quickstart(
         cls = model_class(name)
         model = cls(cls.config_class(), data).to(dev)
         results[name] = evaluate(model, data, "test", progress=False)
-    gensr, _ = load_run(run_dir, data, device=dev)
-    results["gensr"] = evaluate(gensr, data, "test", batch_size=16)
+    settings = EvalSettings(split="test", batch_size=16)
+    results["gensr"] = evaluate_run(run_dir, info, data, evaluation_table(data, settings),
+                                    settings, device=str(dev), progress=True).metrics
     (run_dir / "metrics_test.json").write_text(json.dumps(results["gensr"], indent=2))
     elapsed = time.time() - start
     title = f"quickstart: synthetic test set ({elapsed:.0f}s on {dev.type})"

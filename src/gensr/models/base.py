@@ -43,12 +43,15 @@ class ModelConfig:
     Every model config is range-checked when it is made (before anything is built), by the
     field names' conventions: numbers must be finite; integers >= 0, and >= 1 for sizes
     (``max_his_len``, ``hidden``, ``*_heads``, ``*_dim``, ``*_dims``, ``*_d_model``,
-    ``*_d_ff``, ``*_ff``, ``*_vocab_size``, ``ffn_mult``, ``score_chunk``, ``*_tokens``,
+    ``*_d_ff``, ``*_ff``, ``*_vocab_size``, ``ffn_mult``, ``*_tokens``,
     ``*_words``, ``head_hidden``); ``*dropout`` in [0, 1); temperatures (``tau``, ``*_temp``)
     and ``init_std`` > 0; ``alpha`` and ``b`` in [0, 1]; other numbers (loss weights ``lam``,
     ``*_weight``, ``k1`` …) >= 0; ``hidden`` a multiple of ``n_heads``. Subclasses add their
-    own checks in ``check()``.
+    own checks in ``check()``. ``RETIRED`` names settings an earlier version had (with what
+    became of them): old runs and configs that set them still load, the value is dropped.
     """
+
+    RETIRED: ClassVar[dict[str, str]] = {}
 
     max_his_len: int = 20
 
@@ -60,7 +63,7 @@ class ModelConfig:
         """Model-specific checks (override; raise :class:`ConfigError`)."""
 
 
-_SIZE_NAMES = ("max_his_len", "hidden", "ffn_mult", "score_chunk", "head_hidden")
+_SIZE_NAMES = ("max_his_len", "hidden", "ffn_mult", "head_hidden")
 _SIZE_SUFFIXES = ("heads", "_dim", "_dims", "d_model", "d_ff", "_ff", "vocab_size", "_tokens",
                   "_words")
 _UNIT_NAMES = ("alpha", "b")  # float fields in [0, 1]

@@ -12,7 +12,6 @@ exactly one of the two configs. ``--set`` wins over the YAML file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +34,8 @@ from gensr.outputs import (
     remove_owned,
     write_marker,
 )
-from gensr.runs import read_run_info
-from gensr.train.checkpoint import LAST, TrainState, has_checkpoint
+from gensr.runs import RUN_FILE, RunInfo
+from gensr.train.checkpoint import LAST, has_checkpoint
 from gensr.train.config import TrainConfig
 from gensr.train.loop import fit
 
@@ -133,14 +132,11 @@ def never_checkpointed(run_dir: Path) -> bool:
     before its first checkpoint: nothing in it is worth keeping, a new run may replace it."""
     if marker_kind(run_dir) != "run" or has_checkpoint(run_dir):
         return False
-    path = run_dir / "run.json"
-    if not path.exists():
-        return True
     try:
-        info = read_run_info(run_dir)
+        info = RunInfo.read(run_dir)
     except RunError:
         return False
-    return info.get("status") == "started"
+    return info is None or info.status == "started"
 
 
 def _clear_unstarted(out: Path, inputs: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -160,8 +156,9 @@ def train_run(
     device: str | None = None,
     log: Callable[[str], None] = print,
     stop_after_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train ``model_name`` on ``data_dir`` into run directory ``out``; returns ``run.json``.
+) -> RunInfo:
+    """Train ``model_name`` on ``data_dir`` into run directory ``out``; returns its
+    :class:`~gensr.runs.RunInfo`.
 
     Models with ``trainable = False`` (random, pop, bm25) are not trained: their run
     directory is written directly (``save_pretrained`` + ``run.json``), so ``gensr evaluate``
@@ -193,82 +190,65 @@ def train_run(
     if not model.trainable:
         return _write_untrained(out, model, data, train_config, log)
     fit(model, data, train_config, out, stop_after_steps=stop_after_steps, log=log)
-    return read_run_info(out)
+    return _written(out)
 
 
 def _resume(out: Path, model_name: str | None, data_dir: str | Path | None,
             config_path: str | Path | None, sets: list[str] | None,
             cf_path: str | Path | None, device: str | None, log: Callable[[str], None],
-            stop_after_steps: int | None) -> dict[str, Any]:
-    info = read_run_info(out)
-    started = bool(info) and never_checkpointed(out)
-    if not info or not (has_checkpoint(out) or started):
-        raise RunError(f"{out} has no checkpoint to resume (run.json or {LAST}/ missing)"
+            stop_after_steps: int | None) -> RunInfo:
+    info = RunInfo.read(out)
+    started = info is not None and never_checkpointed(out)
+    if info is None or not (has_checkpoint(out) or started):
+        raise RunError(f"{out} has no checkpoint to resume ({RUN_FILE} or {LAST}/ missing)"
                        + ("; start it again without --resume" if never_checkpointed(out)
                           else ""))
-    check_run_info(info, out / "run.json")
-    if model_name is not None and model_name != info["model"]:
-        raise ConfigError(f"--resume: {out} trains {info['model']}, not {model_name}")
+    info.check(out / RUN_FILE)
+    if model_name is not None and model_name != info.model:
+        raise ConfigError(f"--resume: {out} trains {info.model}, not {model_name}")
     if config_path is not None or cf_path is not None:
         raise ConfigError("--resume takes the run's saved configs: drop --config/--cf "
                           "(use --set train.KEY=V to change a train setting)")
-    cls = model_class(info["model"])
+    cls = model_class(info.model)
     set_model, set_train = split_settings(cls.config_class, parse_set(sets))
     if set_model:
         raise ConfigError(f"--resume cannot change model settings ({', '.join(set_model)})")
     if device is not None:
         set_train["device"] = device
-    model_config = update_config(cls.config_class(), info["model_config"], prefix="model.")
-    train_config = update_config(update_config(TrainConfig(), info["train_config"]),
+    model_config = update_config(cls.config_class(), info.model_config, prefix="model.")
+    train_config = update_config(update_config(TrainConfig(), info.train_config),
                                  set_train, prefix="train.")
-    data = load_data(data_dir if data_dir is not None else info["data_dir"])
-    if data.fingerprint != info["data_fingerprint"]:
-        raise RunError(f"{out} was trained on data {info['data_fingerprint']}, but {data.path} "
+    data = load_data(data_dir if data_dir is not None else info.data_dir)
+    if data.fingerprint != info.data_fingerprint:
+        raise RunError(f"{out} was trained on data {info.data_fingerprint}, but {data.path} "
                        f"is {data.fingerprint}")
     if started:  # killed before its first checkpoint: the same run from step 0
         _clear_unstarted(out, {"data directory": data.path}, log)
     elif marker_kind(out) is None and not (out / MARKER).exists():
         write_marker(out, "run")  # a run of a gensr without markers
-    model = build_model(info["model"], model_config, data, train_config.seed)
+    model = build_model(info.model, model_config, data, train_config.seed)
     fit(model, data, train_config, out, resume=not started, stop_after_steps=stop_after_steps,
         log=log)
-    return read_run_info(out)
+    return _written(out)
 
 
-RUN_KEYS = {"model": str, "model_config": dict, "train_config": dict, "data_dir": str,
-            "data_fingerprint": str}
-
-
-def check_run_info(info: dict[str, Any], path: Path) -> None:
-    """A ``run.json`` that a resume can use: the keys it reads, of the right types."""
-    for key, kind in RUN_KEYS.items():
-        if not isinstance(info.get(key), kind):
-            raise RunError(f"{path}: '{key}' is missing or not a {kind.__name__}: not a "
-                           "run.json gensr wrote")
+def _written(out: Path) -> RunInfo:
+    info = RunInfo.read(out)
+    if info is None:  # pragma: no cover - fit always writes it
+        raise RunError(f"{out}: training wrote no {RUN_FILE}")
+    return info
 
 
 def _write_untrained(out: Path, model: SRModel, data: SRData, train_config: TrainConfig,
-                     log: Callable[[str], None]) -> dict[str, Any]:
+                     log: Callable[[str], None]) -> RunInfo:
     model.save_pretrained(out)
     write_marker(out, "run")
-    state = TrainState()
-    run = {
-        "model": model.name,
-        "data_dir": str(Path(data.path).resolve()),
-        "data_name": data.name,
-        "data_fingerprint": data.fingerprint,
-        "trained": False,
-        "status": "not trainable",
-        "model_config": dataclasses.asdict(model.config),
-        "train_config": dataclasses.asdict(train_config),
-        "best_step": state.best_step,
-        "steps": 0,
-        "wall_time_s": 0.0,
-        "torch": torch.__version__,
-        "gensr": gensr.__version__,
-        "history": [],
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    run = RunInfo(model=model.name, data_dir=str(Path(data.path).resolve()),
+                  data_name=data.name, data_fingerprint=data.fingerprint, trained=False,
+                  status="not trainable", model_config=dataclasses.asdict(model.config),
+                  train_config=dataclasses.asdict(train_config), steps=0, wall_time_s=0.0,
+                  torch=torch.__version__, gensr=gensr.__version__)
+    run.write(out)
     log(f"{model.name} needs no training: wrote its run directory {out} "
         f"(evaluate it with `gensr evaluate {out}`)")
     return run

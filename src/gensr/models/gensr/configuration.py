@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from gensr.errors import ConfigError
 from gensr.models.base import ModelConfig
@@ -91,6 +92,12 @@ class GenSRConfig(DualViewConfig):
     backbone's own weights.
     """
 
+    #: settings earlier versions had: read from old runs and configs, then dropped
+    RETIRED: ClassVar[dict[str, str]] = {
+        "score_chunk": "a speed setting, not a model one: Speed.chunk "
+                       "(gensr.models.gensr.speed; 256 on CPU, 4096 on CUDA)",
+    }
+
     def check(self) -> None:
         if self.candidate_text_field not in CANDIDATE_TEXT_FIELDS:
             raise ConfigError(f"model.candidate_text_field must be one of "
@@ -135,10 +142,6 @@ class GenSRConfig(DualViewConfig):
     # also occurs among the search query's tokens: an exact-match feature (DrQA's), so the
     # backbone need not learn to find word overlap from scratch; needs candidate_text_len > 0
     query_match: bool = False
-    # scoring: pointwise sequences per backbone call (bounds memory, not results; on CUDA at
-    # least 4096). 256 rather than 512: at d_model 64 on a 2-core CPU a call's working set then
-    # stays in cache, which scored about 15% faster (docs/speed.md)
-    score_chunk: int = 256
     # scratch backbone (backbone = "scratch-t5"; width and vocabulary in DualViewConfig)
     scratch_layers: int = 2
     scratch_decoder_layers: int = 1

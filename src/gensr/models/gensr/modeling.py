@@ -15,8 +15,6 @@ weights); on CPU the defaults are the original path (docs/speed.md).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError
 from gensr.models.base import ModelOutput, SRModel
-from gensr.models.gensr.backbone import Backbone, Seq2SeqBackbone, load_backbone
+from gensr.models.gensr.backbone import Backbone, load_backbone
 from gensr.models.gensr.backbones import LoraSettings
 from gensr.models.gensr.configuration import (
     REC_TEMPLATE,
@@ -44,10 +42,10 @@ from gensr.models.gensr.prompt import (
     PromptTemplate,
 )
 from gensr.models.gensr.soft_filter import SoftFilter
-from gensr.models.gensr.speed import DTYPES, Speed
+from gensr.models.gensr.speed import BackboneRunner, Speed
 from gensr.models.gensr.tokens import cached_token_table, token_table
 from gensr.models.gensr.views import CFView, SemanticView
-from gensr.tensor import masked_mean, resolve_precision
+from gensr.tensor import masked_mean
 
 
 @dataclass
@@ -139,24 +137,6 @@ def yes_log_odds(logits: torch.Tensor, yes_id: int) -> torch.Tensor:
     rest = logits.clone()
     rest[..., yes_id] = float("-inf")
     return logits[..., yes_id] - torch.logsumexp(rest, dim=-1)
-
-
-def keep_head_fp32(core: nn.Module) -> None:
-    """Run ``core``'s LM head in fp32 while the rest of it is bf16: the head's weights are
-    cast (untied from the input embeddings first when they share them, so the embeddings
-    stay bf16) and a hook casts its input to the head's dtype."""
-    head = core.get_output_embeddings()
-    if head is None:
-        return
-    shared = core.get_input_embeddings()
-    if shared is not None and head.weight.data_ptr() == shared.weight.data_ptr():
-        head.weight = nn.Parameter(head.weight.detach().float().clone(),
-                                   requires_grad=head.weight.requires_grad)
-    head.float()
-    if not getattr(head, "_gensr_cast_hook", False):
-        head.register_forward_pre_hook(
-            lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
-        head._gensr_cast_hook = True
 
 
 def info_nce(z_cf: torch.Tensor, z_sem: torch.Tensor, tau: float) -> torch.Tensor:
@@ -276,9 +256,7 @@ class GenSR(SRModel):
             self.sem_behaviour = nn.Embedding(3, d_model, padding_idx=0)
             nn.init.zeros_(self.cf_behaviour.weight)
             nn.init.zeros_(self.sem_behaviour.weight)
-        self.speed = Speed()  # runtime levers, not saved: see gensr.models.gensr.speed
-        self._fused: tuple[int, FusedT5] | None = None
-        self._compiled: dict[tuple[str, str], Callable] = {}
+        self.runner = BackboneRunner(self.backbone)  # how the pass runs (speed.py)
 
     @classmethod
     def build(cls, config: GenSRConfig, data: SRData, artifacts: Path | None = None) -> GenSR:
@@ -303,67 +281,36 @@ class GenSR(SRModel):
                 self.query_tokens.append(row[row != self.backbone.pad_id])
         return super().add_queries(texts)
 
-    # --- speed ----------------------------------------------------------------------------
+    # --- speed: the BackboneRunner beside the model (gensr.models.gensr.speed) ---------------
+    @property
+    def speed(self) -> Speed:
+        """The runtime speed levers (:class:`Speed`; not saved with the model)."""
+        return self.runner.speed
+
+    @speed.setter
+    def speed(self, value: Speed) -> None:
+        self.runner.speed = value
+
     @property
     def precision(self) -> str:
         """The backbone weights' precision: ``bf16`` or ``fp32``."""
-        dtype = self.backbone.core.get_input_embeddings().weight.dtype
-        return "bf16" if dtype == torch.bfloat16 else "fp32"
+        return self.runner.precision
 
     def set_precision(self, precision: str = "auto") -> str:
         """Cast the backbone's weights for inference: ``bf16``, ``fp32`` or ``auto`` (bf16 on
         a CUDA device that supports it, else fp32). The history views, filters and
         projections stay fp32 (they are small and run once per instance), and so does the LM
-        head (:func:`keep_head_fp32`: bf16 logits would round close scores into ties).
-        Returns the precision now in effect. For training keep fp32 weights (the trainer
-        autocasts)."""
-        resolved = resolve_precision(precision, self.device)
-        self.backbone.to(DTYPES[resolved])
-        if resolved == "bf16":
-            keep_head_fp32(self.backbone.core)
-        return resolved
+        head (bf16 logits would round close scores into ties). Returns the precision now in
+        effect. For training keep fp32 weights (the trainer autocasts)."""
+        return self.runner.set_precision(precision, self.device)
 
     def fused_runner(self) -> FusedT5 | None:
         """The fused T5 pass over this backbone, or None when the backbone is not a T5."""
-        core = self.backbone.core
-        if self._fused is None or self._fused[0] != id(core):
-            runner = None
-            if isinstance(self.backbone, Seq2SeqBackbone) and FusedT5.supports(core):
-                runner = FusedT5(core, self.backbone.decoder_start_id)
-            self._fused = (id(core), runner)  # type: ignore[assignment]
-        return self._fused[1]  # type: ignore[index]
+        return self.runner.fused_runner()
 
     def resolved_speed(self) -> Speed:
         """:attr:`speed` with its automatic values decided for this model's device."""
-        cfg: GenSRConfig = self.config  # type: ignore[assignment]
-        return self.speed.resolve(self.device, cfg.score_chunk, self.fused_runner() is not None)
-
-    def _set_dropout(self, speed: Speed) -> None:
-        """Switch the views' and the fused pass's dropout masks to ``speed.dropout``."""
-        fast = speed.dropout == "fast"
-        self.cf_view.fast_dropout = self.semantic_view.fast_dropout = fast
-        runner = self.fused_runner()
-        if runner is not None:
-            runner.fast_dropout = fast
-
-    def _logits_fn(self, speed: Speed) -> Callable:
-        """The backbone pass ``(embeds, mask, shared=…) -> (N, V)`` for ``speed``."""
-        key = (speed.runner, speed.compile)
-        if key in self._compiled:
-            return self._compiled[key]
-        if speed.runner == "fused":
-            runner = self.fused_runner()
-            assert runner is not None
-            fn = runner.first_step_logits
-        else:
-            backbone = self.backbone
-
-            def fn(embeds, mask, *, shared=False):  # the backbone's own forward
-                return backbone.first_step_logits(embeds, mask)
-        if speed.compile != "off":
-            fn = torch.compile(fn, mode=None if speed.compile == "default" else speed.compile)
-            self._compiled[key] = fn
-        return fn
+        return self.runner.resolved(self.device)
 
     # --- the candidate-independent part ----------------------------------------------------
     def encode_history(self, batch: Batch) -> HistoryEncoding:
@@ -479,29 +426,7 @@ class GenSR(SRModel):
         b, c = vectors["cf_history"].shape[:2]
         embeds, mask = self.prompt_embeddings(enc, vectors)
         shared = shared and "candidate_text" not in vectors  # its padding differs per item
-        return self._logits_fn(speed)(embeds, mask, shared=shared).view(b, c, -1)
-
-    def length_groups(self, enc: HistoryEncoding, speed: Speed
-                      ) -> list[tuple[torch.Tensor | None, HistoryEncoding, bool]]:
-        """The instances of ``enc`` grouped by prompt length (``speed.bucket``-token bands):
-        (rows, their encoding with the prompt cut to the group's longest, whether every row
-        has the same mask). One group of all rows (``rows`` None) when buckets are off.
-        Padding positions are masked, so a group computes what the whole batch would."""
-        if not speed.bucket:
-            return [(None, enc, False)]
-        lengths = enc.prompt_mask.sum(dim=1).cpu()  # one sync; the grouping is host work
-        band = (lengths - 1).div(int(speed.bucket), rounding_mode="floor")
-        device = enc.prompt_ids.device
-        groups = []
-        for value in torch.unique(band).tolist():
-            picked = torch.nonzero(band == value).squeeze(1)
-            longest = int(lengths[picked].max())
-            shared = bool((lengths[picked] == longest).all())
-            rows = picked.to(device)
-            sub = dataclasses.replace(enc.select(rows), **self._bucket_prompt(
-                enc.prompt_ids[rows, :longest], enc.prompt_mask[rows, :longest], speed.pad_to))
-            groups.append((rows, sub, shared))
-        return groups
+        return self.runner.logits_fn(speed)(embeds, mask, shared=shared).view(b, c, -1)
 
     # --- analysis hooks ----------------------------------------------------------------------
     def representation(self, batch: Batch) -> torch.Tensor:
@@ -523,12 +448,12 @@ class GenSR(SRModel):
         if batch.labels is None:
             raise ValueError("GenSR.loss needs a batch with labels")
         speed = self.resolved_speed()
-        self._set_dropout(speed)
+        self.runner.set_dropout(speed, (self.cf_view, self.semantic_view))
         enc = self.encode_history(batch)
         vectors = self.slot_vectors(enc, batch.candidates)
         target = torch.where(batch.labels > 0.5, self.backbone.yes_id, self.backbone.no_id)
         logits, targets = [], []  # per length group (the mean below is over all examples)
-        for rows, sub, shared in self.length_groups(enc, speed):
+        for rows, sub, shared in self.runner.length_groups(enc, speed):
             picked = vectors if rows is None else {k: v[rows] for k, v in vectors.items()}
             logits.append(self._prompt_logits(sub, picked, speed, shared).flatten(0, 1))
             targets.append((target if rows is None else target[rows]).flatten())
@@ -551,7 +476,7 @@ class GenSR(SRModel):
         chunks of at most ``chunk`` pointwise sequences."""
         speed = self.resolved_speed()
         enc = self.encode_history(batch)
-        groups = self.length_groups(enc, speed)
+        groups = self.runner.length_groups(enc, speed)
         if groups[0][0] is None:
             return self._score_group(enc, batch.candidates, speed, shared=False)
         out = torch.empty(batch.candidates.shape, dtype=torch.float,
@@ -559,15 +484,6 @@ class GenSR(SRModel):
         for rows, sub, shared in groups:
             out[rows] = self._score_group(sub, batch.candidates[rows], speed, shared=shared)
         return out
-
-    def _bucket_prompt(self, ids: torch.Tensor, mask: torch.Tensor, pad_to: int
-                       ) -> dict[str, torch.Tensor]:
-        """A bucket's prompt ids and mask, right-padded to a multiple of ``pad_to``."""
-        extra = -ids.shape[1] % pad_to
-        if extra:
-            ids = F.pad(ids, (0, extra), value=self.backbone.pad_id)
-            mask = F.pad(mask, (0, extra), value=False)
-        return {"prompt_ids": ids, "prompt_mask": mask}
 
     def _score_group(self, enc: HistoryEncoding, candidates: torch.Tensor, speed: Speed,
                      shared: bool) -> torch.Tensor:
