@@ -32,12 +32,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gensr.data.batching import TASK_INDEX, Batch, pack_batch
+from gensr.data.batching import Batch, pack_batch
 from gensr.data.dataset import SRData
+from gensr.data.schema import TASK_INDEX, TASKS
 from gensr.errors import GensrError
 from gensr.models.base import SRModel
 from gensr.serve.errors import OverloadedError, RequestError
-from gensr.serve.requests import TASK_NAMES, TASK_WORDS, Limits, RequestReader, positive_int
+from gensr.serve.requests import TASK_WORDS, Limits, RequestReader, positive_int
 from gensr.serve.results import (
     FullRanking,
     ScoredItem,
@@ -328,7 +329,7 @@ class CatalogueRanker:
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 3), "rerank": round((t2 - t1) * 1000, 3)}
         orig = self.ranker.data.item_orig_id
-        return [FullRanking(task=TASK_NAMES[p.task],
+        return [FullRanking(task=TASKS[p.task],
                             items=[ScoredItem(orig[c[j]], float(s[j])) for j in order],
                             n_candidates=int(len(c)), retriever=retriever.name,
                             timings_ms={**timings, "batch": len(prepared)})

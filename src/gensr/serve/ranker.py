@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gensr.data.batching import TASK_INDEX, pack_batch
+from gensr.data.batching import pack_batch
 from gensr.data.dataset import SRData
+from gensr.data.schema import TASK_INDEX, TASKS
 from gensr.errors import GensrError, RunError
 from gensr.models.base import SRModel
 from gensr.serve.full import (
@@ -42,9 +43,7 @@ from gensr.serve.full import (
     PreparedFullRequest,
 )
 from gensr.serve.requests import (
-    BEHAVIOUR_CODES,
     REQUEST_FIELDS,
-    TASK_NAMES,
     TASK_WORDS,
     HistoryEntry,
     Interaction,
@@ -57,9 +56,8 @@ from gensr.serve.requests import (
 )
 from gensr.serve.results import Ranking, ScoredItem, answer_many, best_first, score_in_groups
 
-__all__ = ["BEHAVIOUR_CODES", "REQUEST_FIELDS", "TASK_NAMES", "TASK_WORDS", "HistoryEntry",
-           "Interaction", "Limits", "PreparedRequest", "RankRequest", "Ranker", "Ranking",
-           "ScoredItem"]
+__all__ = ["REQUEST_FIELDS", "TASK_WORDS", "HistoryEntry", "Interaction", "Limits",
+           "PreparedRequest", "RankRequest", "Ranker", "Ranking", "ScoredItem"]
 
 
 @dataclass
@@ -316,7 +314,7 @@ class Ranker:
             s = scores[row]
             order = best_first(s, r.prepared.top_k, self.model.name)
             ids = r.prepared.candidate_ids
-            out.append(Ranking(task=TASK_NAMES[r.prepared.task],
+            out.append(Ranking(task=TASKS[r.prepared.task],
                                items=[ScoredItem(ids[j], float(s[j])) for j in order],
                                n_candidates=len(ids)))
         return out

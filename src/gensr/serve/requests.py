@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from gensr.data.batching import TASK_INDEX
 from gensr.data.dataset import SRData
-from gensr.data.schema import BEHAVIOURS
+from gensr.data.schema import BEHAVIOUR_CODES
 from gensr.errors import GensrError
 from gensr.models.base import SRModel
 from gensr.serve.errors import (
@@ -34,10 +33,11 @@ from gensr.serve.errors import (
     shown_ids,
 )
 
+__all__ = ["BEHAVIOUR_CODES", "REQUEST_FIELDS", "TASK_WORDS", "HistoryEntry", "Interaction",
+           "Limits", "PreparedRequest", "RankRequest", "RequestReader", "positive_int",
+           "request_from_mapping"]
+
 REQUEST_FIELDS = ("history", "candidates", "query", "top_k", "user")
-#: behaviour name -> the Batch's ``hist_behaviour`` code (1 = rec, 2 = src; 0 = padding)
-BEHAVIOUR_CODES: dict[str, int] = {name: code for code, name in enumerate(BEHAVIOURS, 1)}
-TASK_NAMES = {v: k for k, v in TASK_INDEX.items()}
 TASK_WORDS = {"rec": "recommendation (no query)", "src": "search (with a query)"}
 
 
