@@ -218,7 +218,7 @@ def score_table(model: SRModel, data: SRData, table: InstanceTable, batch_size: 
     model.eval()
     out = []
     total = math.ceil(len(table) / batch_size)
-    for batch in progress_bar(table.batches(data, batch_size, model.config.max_his_len),
+    for batch in progress_bar(table.batches(data, batch_size, model.history_window),
                               total=total, desc=desc, enabled=progress, leave=False):
         out.append(model.score(batch.to(model.device)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
@@ -232,7 +232,7 @@ def representation_table(model: SRModel, data: SRData, table: InstanceTable,
     model.eval()
     out = []
     total = math.ceil(len(table) / batch_size)
-    for batch in progress_bar(table.batches(data, batch_size, model.config.max_his_len),
+    for batch in progress_bar(table.batches(data, batch_size, model.history_window),
                               total=total, desc=desc, enabled=progress, leave=False):
         try:
             rep = model.representation(batch.to(model.device))

@@ -224,7 +224,7 @@ def run_grad_conflict(
             if epoch not in epochs:
                 epochs[epoch] = sampler.epoch(epoch)
             table, order = epochs[epoch]
-            for batch in table.batches(data, batch_size, model.config.max_his_len,
+            for batch in table.batches(data, batch_size, model.history_window,
                                        order=order):
                 batch = batch.to(dev)
                 stats = task_gradients(model, batch, params)

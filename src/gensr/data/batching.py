@@ -9,7 +9,7 @@ stored candidates. Models see only :class:`Batch`: trainer, evaluator, ``compare
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,17 @@ class Batch:
                      else getattr(self, f.name).to(device, non_blocking=True))
             for f in fields(self)
         })
+
+    def last(self, length: int) -> Batch:
+        """This batch with its history cut to the last ``length`` positions (itself when it
+        holds no more): how a model or retriever that reads a shorter window than the batch
+        carries takes its own."""
+        if self.hist_item.shape[1] <= length:
+            return self
+        keep = slice(self.hist_item.shape[1] - length, None)
+        return replace(self, hist_item=self.hist_item[:, keep],
+                       hist_behaviour=self.hist_behaviour[:, keep],
+                       hist_query=self.hist_query[:, keep])
 
     def select(self, index: torch.Tensor) -> Batch:
         """The instances at ``index`` (rows)."""

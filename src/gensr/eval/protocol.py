@@ -190,7 +190,7 @@ def instance_metrics(
     values: list[torch.Tensor] = []  # (b, M) per batch, metrics in ``names`` order
     saved: list[torch.Tensor] = []
     n_batches = (len(local) + batch_size - 1) // batch_size
-    batches = local.batches(data, batch_size, model.config.max_his_len)
+    batches = local.batches(data, batch_size, model.history_window)
     # fewer CPU threads while other processes hold cores; a first look (0.2 s) when the
     # evaluation is long enough to pay for it on a quiet machine
     with guarded(device, prime_s=0.2 if n_batches >= 10 else 0.0) as guard:
@@ -309,7 +309,7 @@ def evaluate_full(
     for start in progress_bar(range(0, len(table), batch_size), desc=f"{model.name} full {split}",
                               enabled=progress, leave=False):
         idx = rows[start : start + batch_size]
-        batch = table.make_batch(data, idx, model.config.max_his_len).to(device)
+        batch = table.make_batch(data, idx, model.history_window).to(device)
         scores = model.score_all(batch).float().clone()
         scores[:, 0] = float("-inf")
         r, c = masked_pairs(seen, table.user[idx], targets[idx])

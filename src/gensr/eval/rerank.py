@@ -213,7 +213,7 @@ def evaluate_rerank(
     saved: list[dict] = []
     seconds = {"retrieve": 0.0, "rerank": 0.0}
     ret_len = retriever.max_his_len
-    model_len = model.config.max_his_len if model is not None else 0
+    model_len = model.history_window if model is not None else 0
     for start in progress_bar(range(0, len(table), batch_size),
                               desc=f"{retriever.name}"
                                    f"{'' if model is None else ' → ' + model.name} {split}",

@@ -123,6 +123,14 @@ class SRModel(nn.Module):
     # False: the scores never depend on the history (config.max_his_len is not a window)
     reads_history: ClassVar[bool] = True
 
+    @property
+    def history_window(self) -> int:
+        """How many past interactions of the canonical log each instance's batch carries for
+        this model (its config's ``max_his_len``): the one place the window is read. Every
+        batch builder (training, evaluation, reranking, serving, the analyses) asks the model
+        for it, and a model's ``forward`` can rely on getting at most this many."""
+        return int(self.config.max_his_len)
+
     def __init__(self, config: ModelConfig, data: SRData) -> None:
         super().__init__()
         self.config = config

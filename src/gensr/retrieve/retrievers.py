@@ -120,7 +120,7 @@ class EmbeddingRetriever(DenseRetriever):
 
     def __init__(self, name: str, model: SRModel, run_dir: Path | None = None) -> None:
         super().__init__(name, tuple(model.tasks), model.known_queries,
-                         int(model.config.max_his_len), model.item_embeddings())
+                         model.history_window, model.item_embeddings())
         self.model = model.eval()
         self.run_dir = run_dir
         self.reads_query_text = model.reads_query_text  # type: ignore[misc]
@@ -153,7 +153,7 @@ class ScoringRetriever(Retriever):
     def __init__(self, name: str, model: SRModel, *, positive_only: bool = False,
                  run_dir: Path | None = None) -> None:
         super().__init__(name, tuple(model.tasks), model.known_queries,
-                         int(model.config.max_his_len))
+                         model.history_window)
         self.model = model.eval()
         self.positive_only = positive_only
         self.run_dir = run_dir
@@ -261,12 +261,6 @@ class UnionRetriever(Retriever):
 
 
 def truncate_history(batch: Batch, length: int) -> Batch:
-    """``batch`` with its history cut to the last ``length`` positions (the batches of a
-    retrieval may carry a longer history than one retriever reads)."""
-    if batch.hist_item.shape[1] <= length:
-        return batch
-    keep = slice(batch.hist_item.shape[1] - length, None)
-    return Batch(user=batch.user, task=batch.task, query=batch.query,
-                 hist_item=batch.hist_item[:, keep], hist_behaviour=batch.hist_behaviour[:, keep],
-                 hist_query=batch.hist_query[:, keep], candidates=batch.candidates,
-                 labels=batch.labels, target_pos=batch.target_pos)
+    """``batch`` with its history cut to the last ``length`` positions (:meth:`Batch.last`;
+    the batches of a retrieval may carry a longer history than one retriever reads)."""
+    return batch.last(length)

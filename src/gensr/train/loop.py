@@ -343,7 +343,7 @@ def _fit(model: SRModel, data: SRData, config: TrainConfig, run_dir: str | Path,
                and status == "running"):  # a budget stops after a step (never before one)
             table, order = sampler.epoch(state.epoch)
             order = order[keep[order]]
-            for batch in table.batches(data, config.batch_size, model.config.max_his_len,
+            for batch in table.batches(data, config.batch_size, model.history_window,
                                        order=order, start=state.batch):
                 batch = _shard(batch, rank, world).to(accelerator.device)
                 with accelerator.autocast():

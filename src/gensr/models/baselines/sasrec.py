@@ -117,7 +117,8 @@ class SASRec(SRModel):
 
     def user_state(self, batch: Batch) -> torch.Tensor:
         """(B, D): the hidden state at the most recent history position."""
-        items = batch.hist_item[:, -self.config.max_his_len:]
+        batch = batch.last(self.history_window)
+        items = batch.hist_item
         (items,) = drop_leading_padding(items > 0, items)  # same result, less work
         n = items.shape[1]
         x = self.item_emb(items) * math.sqrt(self.config.hidden)

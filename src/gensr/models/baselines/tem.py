@@ -94,9 +94,10 @@ class TEM(WordVocabularyArtifacts, SRModel):
     def user_query(self, batch: Batch) -> torch.Tensor:
         """(B, d): M_uq, the encoder output at the query position."""
         cfg: TEMConfig = self.config  # type: ignore[assignment]
-        items = batch.hist_item[:, -cfg.max_his_len:]
+        batch = batch.last(self.history_window)
+        items = batch.hist_item
         items, behaviours = drop_leading_padding(  # may be empty: the query alone
-            items > 0, items, batch.hist_behaviour[:, -cfg.max_his_len:], keep=0)
+            items > 0, items, batch.hist_behaviour, keep=0)
         n = items.shape[1]
         query = self.query_vectors(batch.query) + self.kind.weight[0]
         if self.user_emb is not None:

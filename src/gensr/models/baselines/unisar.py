@@ -414,9 +414,10 @@ class UniSAR(WordVocabularyArtifacts, SRModel):
     def encode_history(self, batch: Batch) -> HistoryState:
         """Extraction (rec, src and global transformers) and fusion, once per instance."""
         cfg: UniSARConfig = self.config  # type: ignore[assignment]
-        items = batch.hist_item[:, -cfg.max_his_len:]
-        types = batch.hist_behaviour[:, -cfg.max_his_len:] * (items > 0)
-        queries = batch.hist_query[:, -cfg.max_his_len:]
+        batch = batch.last(self.history_window)
+        items = batch.hist_item
+        types = batch.hist_behaviour * (items > 0)
+        queries = batch.hist_query
         items, types, queries = drop_leading_padding(items > 0, items, types, queries)
         tokens = self.item_vectors(items) + self.query_vectors(queries * (types == SRC))
         global_out = self.global_encoder(tokens, transition_mask(types, cfg.causal_transitions))
