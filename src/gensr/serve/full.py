@@ -114,6 +114,10 @@ class HeldRanker(Protocol):
     batch_size: int
     lock: threading.RLock
 
+    @property
+    def max_his_len(self) -> int:
+        """How many of a history's most recent interactions the model reads."""
+
 
 class CatalogueRanker:
     """Full-catalogue ranking with a held ranker's model: retrieve, rerank, answer the best
@@ -215,7 +219,6 @@ class CatalogueRanker:
         """Check a full-catalogue request and map it to canonical ids (raises
         :class:`RequestError`)."""
         reader = self.ranker.reader
-        model = self.ranker.model
         query = None if request.query is None else reader.query(request.query)
         task = reader.task(query)
         top_k = positive_int(request.top_k, "top_k")
@@ -250,7 +253,7 @@ class CatalogueRanker:
         problem = retriever.problem(user, len(entries))
         if problem:
             raise RequestError(problem, field="history")
-        length = max(int(model.config.max_his_len), int(retriever.max_his_len))
+        length = max(self.ranker.max_his_len, int(retriever.max_his_len))
         items, behaviours, queries = reader.history_ids(entries, length)
         index = reader.item_index
         consumed = (np.zeros(0, np.int64) if request.keep_consumed else
@@ -318,7 +321,7 @@ class CatalogueRanker:
                     [p.consumed for p in prepared]))
             items = got.items.cpu()
             t1 = time.perf_counter()
-            mbatch = _batch(prepared, model_q, model_h, int(model.config.max_his_len))
+            mbatch = _batch(prepared, model_q, model_h, self.ranker.max_his_len)
             scores = rerank_batch(model, mbatch.to(model.device), got).cpu().numpy()
         ids = items[:, :scores.shape[1]].numpy()
         ranked = []
