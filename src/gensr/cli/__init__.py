@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from gensr.cli import runs, data, serving, analyze  # noqa: F401, I001 - registers, in this order
+from gensr.cli import analyze, data, runs, serving  # noqa: F401 - registers the commands
 from gensr.cli.common import app, console
 from gensr.cli.data import pretrain_cf_cmd
 from gensr.errors import GensrError

@@ -133,8 +133,9 @@ class Ranker:
 
     @property
     def max_his_len(self) -> int:
-        """How many of a history's most recent interactions the model reads."""
-        return int(self.model.config.max_his_len)
+        """How many of a history's most recent interactions the model reads
+        (:attr:`SRModel.history_window <gensr.models.base.SRModel.history_window>`)."""
+        return self.model.history_window
 
     @property
     def retrievers(self) -> Any:
