@@ -1,0 +1,5 @@
+"""``python -m gensr.cli …`` (what ``accelerate launch -m gensr.cli train …`` runs)."""
+
+from gensr.cli import main
+
+main()
