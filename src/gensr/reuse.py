@@ -122,11 +122,18 @@ def _mismatch(info: RunInfo, kind: str, data: SRData, wanted_model: dict[str, An
     if info.data_fingerprint != data.fingerprint:
         return RunError(f"{run_dir} was trained on data {info.data_fingerprint}, but "
                         f"{data.path} is {data.fingerprint}: use another --out")
-    retired = tuple(getattr(model_class(kind).config_class, "RETIRED", {}))
-    changed = differences(wanted_model, info.model_config, retired)
+    # the stored settings read through today's configs: a field added since (with its
+    # default) or retired since (ModelConfig.RETIRED) is no change
+    cls = model_class(kind)
+    try:
+        stored_model = dataclasses.asdict(update_config(cls.config_class(), info.model_config))
+        stored_train = dataclasses.asdict(update_config(TrainConfig(), info.train_config))
+    except ConfigError as err:
+        return ConfigError(f"{run_dir}: its run.json settings no longer load ({err}); delete "
+                           "it or choose another --out")
+    changed = differences(wanted_model, stored_model)
     if trainable:
-        changed += [f"train.{k}" for k in differences(wanted_train, info.train_config,
-                                                        WATCH_ONLY)]
+        changed += [f"train.{k}" for k in differences(wanted_train, stored_train, WATCH_ONLY)]
     if changed:
         return ConfigError(f"{run_dir} was run with other settings ({', '.join(changed[:6])}); "
                            "delete it or choose another --out to train with the new ones")

