@@ -320,7 +320,13 @@ def test_seeds_list_paired_tests_and_marks(tmp_path, tiny_data_dir):
         assert got["p_value"] == pytest.approx(expected.pvalue)
         assert got["n"] == inst.height
     assert inst["sasrec/N@10"].is_not_null().all()
-    # marks: † exactly on the cells whose p < alpha
+    # the seed-aware test sits beside it: two-level bootstrap with a 95% interval
+    seed_aware = results["random"]["rec"]["N@10"]["seed_aware"]
+    assert seed_aware["method"] == "two-level bootstrap"
+    assert (seed_aware["n_seeds_a"], seed_aware["n_seeds_b"]) == (2, 2)
+    assert seed_aware["ci_low"] <= seed_aware["diff"] <= seed_aware["ci_high"]
+    assert results["pop"]["rec"]["N@10"]["seed_aware"]["n_seeds_b"] == 1
+    # marks: † exactly on the cells whose seed-aware p < alpha
     md = (out / "compare.md").read_text()
     assert "## sasrec against each model" in md
     header = next(line for line in md.splitlines() if line.startswith("| task |"))
@@ -332,7 +338,7 @@ def test_seeds_list_paired_tests_and_marks(tmp_path, tiny_data_dir):
         metric = line.split("|")[2].strip()
         assert "†" not in cells["sasrec"]
         for other in ("pop", "random"):
-            significant = results[other]["rec"][metric]["p_value"] < 0.05
+            significant = results[other]["rec"][metric]["seed_aware"]["p_value"] < 0.05
             assert cells[other].endswith("†") == significant, (metric, other, cells)
     # bootstrap is a config choice; an unknown test is refused up front
     with pytest.raises(ConfigError, match="significance.test"):

@@ -97,3 +97,38 @@ def test_compare_to_reference_pairs_on_shared_instances():
     assert r["statistic"] == pytest.approx(math.sqrt(10))  # the 4-df case above
     assert out["tem"]["src"]["N@10"]["p_value"] == 1.0  # identical systems
     assert compare_to_reference(values, rows, "unisar") == {}  # reference absent: no tests
+
+
+def test_seed_aware_test_where_the_per_instance_one_is_fooled():
+    """A's seed average beats B's on every instance by a little (the paired per-instance
+    test is certain), but A's three training seeds scatter widely around B: one of them is
+    below B. The two-level bootstrap, which resamples seeds too, does not call it."""
+    from gensr.eval.significance import paired_test, seed_bootstrap
+
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.uniform(0.2, 0.6, size=n)
+    b = np.stack([base + rng.normal(0, 0.002, n) for _ in range(3)])  # steady seeds
+    a = np.stack([base + 0.10, base - 0.07, base + 0.00])  # seed-level scatter, mean +0.01
+    per_instance = paired_test(a.mean(0), b.mean(0))
+    assert per_instance.diff == pytest.approx(0.01, abs=2e-3) and per_instance.p_value < 1e-6
+    seeds = seed_bootstrap(a, b, n_boot=4000, seed=1)
+    assert seeds.ci_low < 0 < seeds.ci_high and seeds.p_value > 0.05
+    assert seeds.diff == pytest.approx(per_instance.diff)
+    # a difference every seed agrees on stays significant
+    steady = seed_bootstrap(b + 0.03, b, n_boot=4000, seed=1)
+    assert steady.p_value < 0.01 and 0.02 < steady.ci_low < steady.ci_high < 0.04
+    # one run each (deterministic scorers): the instances alone decide
+    one = seed_bootstrap(a[:1], b[:1], n_boot=2000)
+    assert one.n_seeds_a == one.n_seeds_b == 1 and one.p_value < 0.01
+    with pytest.raises(ValueError, match="different instances"):
+        seed_bootstrap(a, b[:, :10])
+
+
+def test_compare_marks_by_the_seed_aware_test():
+    from gensr.compare.report import decisive_p, significance_marks
+
+    results = {"m": {"rec": {"N@10": {"p_value": 0.001, "seed_aware": {"p_value": 0.3}},
+                             "R@10": {"p_value": 0.2, "seed_aware": {"p_value": 0.01}}}}}
+    assert significance_marks(results, 0.05) == {"m": {"rec": {"R@10": "†"}}}
+    assert decisive_p({"p_value": 0.02}) == 0.02  # tables without seed-aware results

@@ -57,6 +57,9 @@ class SignificanceSettings:
     alpha: float = 0.05  # p below it: marked in the table
     n_boot: int = 10_000  # bootstrap resamples
     seed: int = 0  # bootstrap seed
+    # † by the two-level bootstrap over training seeds and instances (the per-instance test
+    # is still reported); false: † by the per-instance test alone (the tables before v2)
+    seed_aware: bool = True
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:

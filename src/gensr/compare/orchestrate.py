@@ -29,6 +29,7 @@ from gensr.compare.report import (
     _fmt_time,
     compare_markdown,
     seed_means,
+    seed_stacks,
     significance_marks,
     summarise,
     table_cells,
@@ -197,6 +198,7 @@ def compare(
 
     report_models: dict[str, dict[str, Any]] = {}
     seed_values: dict[str, tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {}
+    per_seed: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     all_seeds: set[int] = set()
     for k, (name, plan) in enumerate(zip(names, plans)):
         base = plan.train_config.seed if plan.trainable else getattr(plan.model_config, "seed", 0)
@@ -238,6 +240,7 @@ def compare(
                          "eval_cached": ev.cached, "metrics": ev.metrics})
         mean, std = summarise(runs)
         seed_values[name] = seed_means(evals, table.task)
+        per_seed[name] = seed_stacks(evals, table.task)
         report_models[name] = {"tasks": list(plan.cls.tasks), "model": plan.kind,
                                "trainable": plan.trainable, "seeds": model_seeds,
                                "history_window": windows.get(name),
@@ -253,7 +256,8 @@ def compare(
     else:
         significance["results"] = compare_to_reference(
             {n: v[0] for n, v in seed_values.items()}, {n: v[1] for n, v in seed_values.items()},
-            sig.reference, sig.test, n_boot=sig.n_boot, seed=sig.seed)  # type: ignore[arg-type]
+            sig.reference, sig.test, n_boot=sig.n_boot, seed=sig.seed,  # type: ignore[arg-type]
+            per_seed=per_seed if sig.seed_aware else None)
 
     report: dict[str, Any] = {
         "out": str(out),

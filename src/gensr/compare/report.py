@@ -20,6 +20,10 @@ from gensr.runs import STOP_REASONS
 SIGNIFICANCE_MARK = "†"
 SIGNIFICANCE_MARK = "†"
 CANDIDATE_NOTES = {
+    "dense-hard": "{n} negatives most similar to the query (search) or to the last 5 history "
+                  "items (recommendation) by MiniLM sentence embeddings of the item text, among "
+                  "the items the user never interacted with (held out: no training sampler "
+                  "draws negatives this way)",
     "uniform": "{n} negatives drawn uniformly from the items the user never interacted with "
                "(the paper's protocol)",
     "bm25-hard": "search: the {n} items with the highest BM25 score for the query that the "
@@ -64,14 +68,34 @@ def seed_means(evals: list[RunEval], task_of_row: np.ndarray
     return values, where
 
 
+def seed_stacks(evals: list[RunEval], task_of_row: np.ndarray
+                ) -> dict[str, dict[str, np.ndarray]]:
+    """Per task and table metric: the (runs, instances) values of a model's runs (the input
+    of the seed-aware test, :func:`gensr.eval.significance.seed_bootstrap`)."""
+    rows = evals[0].rows
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for task, index in TASK_INDEX.items():
+        sel = task_of_row[rows] == index
+        if sel.any():
+            out[task] = {m: np.stack([e.values[m][sel] for e in evals]) for m in TABLE_METRICS}
+    return out
+
+
+def decisive_p(result: dict[str, Any]) -> float:
+    """The p-value a † rests on: the seed-aware test's when there is one, else the paired
+    per-instance test's."""
+    return float(result.get("seed_aware", result)["p_value"])
+
+
 def significance_marks(tests: dict[str, Any], alpha: float) -> dict[str, dict[str, dict[str,
                                                                                          str]]]:
-    """model -> task -> metric -> "†" where the reference model differs at p < alpha."""
+    """model -> task -> metric -> "†" where the reference model differs at p < alpha (by the
+    seed-aware test when the results hold one)."""
     marks: dict[str, dict[str, dict[str, str]]] = {}
     for model, per_task in tests.items():
         for task, per_metric in per_task.items():
             for metric, result in per_metric.items():
-                if result["p_value"] < alpha:
+                if decisive_p(result) < alpha:
                     marks.setdefault(model, {}).setdefault(task, {})[metric] = \
                         SIGNIFICANCE_MARK
     return marks
@@ -132,10 +156,31 @@ def runs_markdown(report: dict[str, Any]) -> str:
 
 
 def significance_markdown(report: dict[str, Any]) -> str:
-    """The paired tests of the reference model against every other, one row per model and
-    task: the difference (reference − model) of each table metric and its p-value."""
+    """The tests of the reference model against every other. With seed-aware results: one
+    row per model, task and table metric with the difference (reference − model), its 95%
+    interval and the seed-aware p (what † rests on), and the per-instance paired p beside it
+    for information; without: one row per model and task, each metric's difference and p."""
     sig = report["significance"]
     ref = sig["reference"]
+    seed_aware = any("seed_aware" in r for per_task in sig["results"].values()
+                     for per_metric in per_task.values() for r in per_metric.values())
+    if seed_aware:
+        lines = [f"| {ref} vs | task | metric | seeds | instances | Δ | 95% CI | p (seeds × "
+                 "instances) | p (instances only) |", "|---|---|---|---|---|---|---|---|---|"]
+        for model, per_task in sig["results"].items():
+            for task, per_metric in per_task.items():
+                for m in TABLE_METRICS:
+                    r = per_metric.get(m)
+                    if r is None:
+                        continue
+                    sa = r["seed_aware"]
+                    mark = SIGNIFICANCE_MARK if sa["p_value"] < sig["alpha"] else ""
+                    lines.append(
+                        f"| {model} | {TASK_TITLES.get(task, task)} | {m} | "
+                        f"{sa['n_seeds_a']} vs {sa['n_seeds_b']} | {sa['n']:,} | "
+                        f"{sa['diff']:+.4f}{mark} | [{sa['ci_low']:+.4f}, {sa['ci_high']:+.4f}] "
+                        f"| {_fmt_p(sa['p_value'])} | {_fmt_p(r['p_value'])} |")
+        return "\n".join(lines) + "\n"
     lines = [f"| {ref} vs | task | instances | " + " | ".join(f"Δ{m} (p)" for m in
                                                             TABLE_METRICS) + " |",
              "|---|---|---|" + "---|" * len(TABLE_METRICS)]
@@ -189,10 +234,21 @@ def compare_markdown(report: dict[str, Any]) -> str:
                      "every model.")
     notes.append(window_note(report))
     if sig["results"]:
-        notes.append(f"{SIGNIFICANCE_MARK} = {sig['reference']}'s difference from this model "
-                     f"is significant (p < {sig['alpha']:g}, two-sided paired {sig['test']} "
-                     "over the shared instances of the task, each instance's metric averaged "
-                     "over seeds; no multiple-comparison correction).")
+        if sig.get("seed_aware", True):
+            notes.append(f"{SIGNIFICANCE_MARK} = {sig['reference']}'s difference from this "
+                         f"model is significant across training seeds and instances (p < "
+                         f"{sig['alpha']:g}, two-sided two-level bootstrap: every draw "
+                         "resamples each model's seeds and the shared instances, "
+                         f"{sig['n_boot']:,} draws; no multiple-comparison correction). The "
+                         f"paired {sig['test']} over instances (each instance's metric "
+                         "averaged over seeds) is listed beside it for information: it "
+                         "ignores seed variance.")
+        else:
+            notes.append(f"{SIGNIFICANCE_MARK} = {sig['reference']}'s difference from this "
+                         f"model is significant (p < {sig['alpha']:g}, two-sided paired "
+                         f"{sig['test']} over the shared instances of the task, each "
+                         "instance's metric averaged over seeds; no multiple-comparison "
+                         "correction).")
     elif sig["skipped"]:
         notes.append(f"No significance tests: {sig['skipped']}.")
     validation = report["validation"]
