@@ -339,6 +339,7 @@ def _fit(model: SRModel, data: SRData, config: TrainConfig, run_dir: str | Path,
         train_loss = float(torch.stack(interval).mean()) if interval else None
         interval.clear()
         state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 3),
+                              "minutes": round((wall_before + time.time() - started) / 60, 3),
                               "train_loss": train_loss, "value": value, "metrics": metrics})
         if writer is not None:
             writer.add_scalar(f"valid/{config.metric}", value, state.step)
