@@ -142,6 +142,15 @@ class GenSRConfig(DualViewConfig):
     # also occurs among the search query's tokens: an exact-match feature (DrQA's), so the
     # backbone need not learn to find word overlap from scratch; needs candidate_text_len > 0
     query_match: bool = False
+    # the user's own LightGCN vector (the CF table's user row, frozen), projected like the
+    # CF vectors and spliced into the prompt as one more vector slot ({cf_user}, by default
+    # right before {cf_history}): a long-term user signal beyond the history window; a
+    # request without a known user gets the mean CF vector of its history items
+    user_vector: bool = False
+    # weight of a listwise loss added to Eq. 9: the cross-entropy of the positive among its
+    # instance's candidates, scored by their log-odds of "Yes" (a sampled softmax over the
+    # same forward pass; 0 = off, the paper's pointwise loss alone)
+    listwise_weight: float = 0.0
     # scratch backbone (backbone = "scratch-t5"; width and vocabulary in DualViewConfig)
     scratch_layers: int = 2
     scratch_decoder_layers: int = 1

@@ -36,7 +36,9 @@ from gensr.models.gensr.configuration import (
 )
 from gensr.models.gensr.fused_t5 import FusedT5
 from gensr.models.gensr.prompt import (
+    ALL_VECTOR_SLOTS,
     CANDIDATE_TEXT_MARKER,
+    USER_SLOT,
     VECTOR_SLOTS,
     PromptBuilder,
     PromptTemplate,
@@ -59,12 +61,14 @@ class HistoryEncoding:
     prompt_ids: torch.Tensor  # (B, T) with slot markers
     prompt_mask: torch.Tensor  # (B, T)
     query_tokens: torch.Tensor | None = None  # (B, Q) search query's tokens (query_match)
+    user: torch.Tensor | None = None  # (B, d_cf) the user's CF vector (user_vector)
 
     def select(self, index: torch.Tensor | slice) -> HistoryEncoding:
         pick = (lambda x: None if x is None else x[index])  # noqa: E731
         return HistoryEncoding(pick(self.cf), pick(self.cf_mask), pick(self.sem),
                                pick(self.sem_mask), pick(self.prompt_ids),
-                               pick(self.prompt_mask), pick(self.query_tokens))
+                               pick(self.prompt_mask), pick(self.query_tokens),
+                               pick(self.user))
 
 
 class TokenRows:
@@ -160,12 +164,26 @@ def load_cf_table(config: GenSRConfig, data: SRData) -> torch.Tensor:
     """The frozen CF item table for ``data`` (checked by fingerprint), or zeros if unused."""
     if not config.use_cf_view:
         return torch.zeros(data.n_items + 1, 8)
+    return _cf_table(config, data).item
+
+
+def load_cf_users(config: GenSRConfig, data: SRData) -> torch.Tensor:
+    """The frozen CF user table (``user_vector``): (n_users + 1, d_cf), row 0 = no user."""
+    table = _cf_table(config, data)
+    if table.user is None:
+        raise ConfigError(f"user_vector needs the CF table's user rows: {config.cf_path} has "
+                          "none (pretrain it again with gensr pretrain-cf)")
+    return table.user
+
+
+def _cf_table(config: GenSRConfig, data: SRData):
     if not config.cf_path:
-        raise ConfigError("GenSR's CF view needs cf_path (run `gensr pretrain-cf`, then pass "
-                          "--cf CF_PATH), or turn the view off with use_cf_view=false")
+        raise ConfigError("GenSR's CF view (and user_vector) needs cf_path (run `gensr "
+                          "pretrain-cf`, then pass --cf CF_PATH), or turn the view off with "
+                          "use_cf_view=false")
     from gensr.cf import CFTable
 
-    return CFTable.load(config.cf_path, data).item
+    return CFTable.load(config.cf_path, data)
 
 
 def build_views(config, cf: torch.Tensor, n_items: int, width: int
@@ -191,7 +209,7 @@ class GenSR(SRModel):
     config_class = GenSRConfig
 
     def __init__(self, config: GenSRConfig, data: SRData, *, cf_table: torch.Tensor | None = None,
-                 artifacts: Path | None = None) -> None:
+                 cf_users: torch.Tensor | None = None, artifacts: Path | None = None) -> None:
         super().__init__(config, data)
         if not (config.use_cf_view or config.use_semantic_view):
             raise ConfigError("GenSR needs at least one view (cf or semantic)")
@@ -223,14 +241,17 @@ class GenSR(SRModel):
         (self.cf_view, self.semantic_view, self.cf_filter, self.sem_filter,
          self.cf_projection) = build_views(config, cf, data.n_items, d_model)
         with_text = config.candidate_text_len > 0
+        if config.user_vector and not config.use_cf_view:
+            raise ConfigError("user_vector splices the user's CF vector: it needs the CF view "
+                              "(use_cf_view: true)")
         self.prompts = PromptBuilder(
             tok,
             PromptTemplate.parse(rec_template, plural=config.domain_plural,
                                  singular=config.domain_singular, needs_query=False,
-                                 candidate_text=with_text),
+                                 candidate_text=with_text, user_vector=config.user_vector),
             PromptTemplate.parse(src_template, plural=config.domain_plural,
                                  singular=config.domain_singular, needs_query=True,
-                                 candidate_text=with_text),
+                                 candidate_text=with_text, user_vector=config.user_vector),
             eos_id=self.backbone.eos_id, pad_id=self.backbone.pad_id,
             candidate_text_len=config.candidate_text_len,
         )
@@ -250,6 +271,12 @@ class GenSR(SRModel):
         self.query_match = None
         if config.query_match:  # added to candidate tokens found in the query, zero at start
             self.query_match = nn.Parameter(torch.zeros(d_model))
+        # the frozen CF user table (user_vector; row 0: no user), else None
+        users = None
+        if config.user_vector:
+            users = cf_users if cf_users is not None else load_cf_users(config, data)
+            users = users.detach().float()
+        self.register_buffer("cf_users", users, persistent=False)
         self.cf_behaviour = self.sem_behaviour = None
         if config.behaviour_marker:  # 1 = rec, 2 = search (0 = padding), zero at the start
             self.cf_behaviour = nn.Embedding(3, self.cf_view.dim, padding_idx=0)
@@ -339,7 +366,12 @@ class GenSR(SRModel):
         if self.query_match is not None:  # rec instances: all padding (nothing matches)
             query = self.query_tokens.padded(batch.query)
             query = query.masked_fill(batch.task[:, None] != 1, self.backbone.pad_id)
-        return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask, query)
+        user = None
+        if self.cf_users is not None:  # the user's CF row; no user: the history's mean
+            known = (batch.user > 0) & (batch.user < len(self.cf_users))
+            history = masked_mean(self.cf_view.item_vectors(batch.hist_item), mask)
+            user = torch.where(known[:, None], self.cf_users[batch.user * known], history)
+        return HistoryEncoding(cf, mask, sem, sem_mask, ids, prompt_mask, query, user)
 
     # --- the candidate-dependent part ------------------------------------------------------
     def slot_vectors(self, enc: HistoryEncoding, candidates: torch.Tensor
@@ -360,6 +392,8 @@ class GenSR(SRModel):
                 h_cf = masked_mean(enc.cf, enc.cf_mask)[:, None].expand(b, c, -1)
             out["cf_history"] = self.cf_projection(h_cf)
             out["cf_candidate"] = self.cf_projection(e_cf)
+            if enc.user is not None:  # user_vector: one more slot, the same for every candidate
+                out[USER_SLOT] = self.cf_projection(enc.user)[:, None].expand(b, c, -1)
         if cfg.use_semantic_view:
             tokens = self.item_tokens[candidates]  # (B, C, N)
             embedded = self.backbone.embed(tokens).to(self.sem_filter.key.weight.dtype)
@@ -394,10 +428,11 @@ class GenSR(SRModel):
         c = vectors["cf_history"].shape[1]
         base = self.backbone.embed(ids.clamp(min=0))  # (B, T, d)
         d = base.shape[-1]
-        markers = torch.tensor([PromptBuilder.slot_marker(k) for k in range(len(VECTOR_SLOTS))],
-                               device=ids.device)
-        where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, 4)
-        stacked = torch.stack([vectors[slot] for slot in VECTOR_SLOTS], dim=2)  # (B, C, 4, d)
+        slots = [*VECTOR_SLOTS, *([USER_SLOT] if USER_SLOT in vectors else [])]
+        markers = torch.tensor([PromptBuilder.slot_marker(ALL_VECTOR_SLOTS.index(slot))
+                                for slot in slots], device=ids.device)
+        where = (ids[:, None, :] == markers[None, :, None]).int().argmax(dim=2)  # (B, S)
+        stacked = torch.stack([vectors[slot] for slot in slots], dim=2)  # (B, C, S, d)
         embeds = base[:, None].expand(b, c, t, d).clone()
         rows = torch.arange(b, device=ids.device)[:, None, None]
         cols = torch.arange(c, device=ids.device)[None, :, None]
@@ -453,12 +488,25 @@ class GenSR(SRModel):
         vectors = self.slot_vectors(enc, batch.candidates)
         target = torch.where(batch.labels > 0.5, self.backbone.yes_id, self.backbone.no_id)
         logits, targets = [], []  # per length group (the mean below is over all examples)
-        for rows, sub, shared in self.runner.length_groups(enc, speed):
+        groups = self.runner.length_groups(enc, speed)
+        for rows, sub, shared in groups:
             picked = vectors if rows is None else {k: v[rows] for k, v in vectors.items()}
             logits.append(self._prompt_logits(sub, picked, speed, shared).flatten(0, 1))
             targets.append((target if rows is None else target[rows]).flatten())
-        l_gen = F.cross_entropy(torch.cat(logits).float(), torch.cat(targets))  # Eq. 9
+        flat = torch.cat(logits).float()
+        l_gen = F.cross_entropy(flat, torch.cat(targets))  # Eq. 9
         loss, logs = l_gen, {"loss_gen": float(l_gen.detach())}
+        if cfg.listwise_weight > 0:  # the positive among its instance's candidates
+            odds = torch.empty(batch.labels.shape, device=flat.device)
+            at = 0
+            for rows, _, _ in groups:
+                n = batch.labels.shape[1] * (len(batch) if rows is None else len(rows))
+                part = yes_log_odds(flat[at : at + n], self.backbone.yes_id)
+                odds[slice(None) if rows is None else rows] = part.view(-1, odds.shape[1])
+                at += n
+            l_list = F.cross_entropy(odds, batch.labels.argmax(dim=1))
+            loss = loss + cfg.listwise_weight * l_list
+            logs["loss_list"] = float(l_list.detach())
         if cfg.use_contrastive and cfg.use_cf_view and cfg.use_semantic_view and len(batch) > 1:
             positive = batch.labels.argmax(dim=1)  # the filtered vectors w.r.t. the target
             rows = torch.arange(len(batch), device=positive.device)

@@ -2,11 +2,12 @@
 
 A template is text with four *vector slots* — ``{cf_history}``, ``{sem_history}``,
 ``{cf_candidate}``, ``{sem_candidate}`` — each exactly once, cutting it into five text segments
-T1..T5; ``{query}`` (search templates) is a *text slot* filled with the query's tokens,
-``{candidate_text}`` (gensr's ``candidate_text_len`` lever, off in the paper) is filled with
-the candidate's first text tokens, and ``{items}``/``{item}`` are the domain nouns. The
-builder lays a batch's prompts out as token ids with slot markers, which
-:meth:`GenSR.prompt_embeddings` turns into ``inputs_embeds``:
+T1..T5 (gensr's ``user_vector`` lever adds a fifth, ``{cf_user}``: the user's own CF vector,
+by default right before ``{cf_history}``); ``{query}`` (search templates) is a *text slot*
+filled with the query's tokens, ``{candidate_text}`` (gensr's ``candidate_text_len`` lever,
+off in the paper) is filled with the candidate's first text tokens, and ``{items}`` /
+``{item}`` are the domain nouns. The builder lays a batch's prompts out as token ids with
+slot markers, which :meth:`GenSR.prompt_embeddings` turns into ``inputs_embeds``:
 
     X = [emb(T1), h_cf, emb(T2), h_sem, emb(T3), e_cf_c, emb(T4), e_sem_c, emb(T5), </s>]
 
@@ -25,8 +26,11 @@ import torch
 from gensr.errors import ConfigError
 
 VECTOR_SLOTS: tuple[str, ...] = ("cf_history", "sem_history", "cf_candidate", "sem_candidate")
+# gensr's user_vector lever (off in the paper): the user's own CF vector, one more vector slot
+USER_SLOT = "cf_user"
+ALL_VECTOR_SLOTS: tuple[str, ...] = (*VECTOR_SLOTS, USER_SLOT)
 TEXT_SLOTS: tuple[str, ...] = ("query", "candidate_text")
-CANDIDATE_TEXT_MARKER = -(len(VECTOR_SLOTS) + 1)  # laid-out id of a candidate-text position
+CANDIDATE_TEXT_MARKER = -(len(ALL_VECTOR_SLOTS) + 1)  # laid-out id of a candidate-text position
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -40,13 +44,15 @@ class PromptTemplate:
 
     @classmethod
     def parse(cls, template: str, *, plural: str, singular: str, needs_query: bool,
-              candidate_text: bool = False) -> PromptTemplate:
+              candidate_text: bool = False, user_vector: bool = False) -> PromptTemplate:
         """Parse and validate: each vector slot exactly once, ``{query}`` iff ``needs_query``;
         with ``candidate_text``, ``{candidate_text}`` where the template puts it, else right
-        after ``{sem_candidate}`` (without it, the template may not hold that slot)."""
+        after ``{sem_candidate}`` (without it, the template may not hold that slot); with
+        ``user_vector``, ``{cf_user}`` where the template puts it, else right before
+        ``{cf_history}`` (likewise refused without it)."""
         text = template.replace("{items}", plural).replace("{item}", singular)
         found = _SLOT.findall(text)
-        unknown = sorted(set(found) - set(VECTOR_SLOTS) - set(TEXT_SLOTS))
+        unknown = sorted(set(found) - set(ALL_VECTOR_SLOTS) - set(TEXT_SLOTS))
         if unknown:
             raise ConfigError(f"template has unknown slot(s) {unknown}; known: "
                               f"{list(VECTOR_SLOTS) + list(TEXT_SLOTS) + ['items', 'item']}")
@@ -63,12 +69,18 @@ class PromptTemplate:
         if n_text > 1 or (n_text and not candidate_text):
             raise ConfigError("{candidate_text} may appear at most once, and only with "
                               f"candidate_text_len > 0: {template!r}")
+        n_user = found.count(USER_SLOT)
+        if n_user > 1 or (n_user and not user_vector):
+            raise ConfigError("{cf_user} may appear at most once, and only with user_vector: "
+                              f"true: {template!r}")
         pieces: list[tuple[str, str]] = []
         last = 0
         for match in _SLOT.finditer(text):
             if match.start() > last:
                 pieces.append(("text", text[last : match.start()]))
             name = match.group(1)
+            if name == "cf_history" and user_vector and not n_user:
+                pieces.append(("vector", USER_SLOT))
             pieces.append((name, "") if name in TEXT_SLOTS else ("vector", name))
             if name == "sem_candidate" and candidate_text and not n_text:
                 pieces.append(("candidate_text", ""))
@@ -104,7 +116,7 @@ class PromptBuilder:
                     if ids:
                         parts.append(("ids", torch.tensor(ids, dtype=torch.long)))
                 elif kind == "vector":
-                    parts.append(("vector", VECTOR_SLOTS.index(value)))
+                    parts.append(("vector", ALL_VECTOR_SLOTS.index(value)))
                 elif kind == "candidate_text":
                     parts.append(("ids", torch.full((self.candidate_text_len,),
                                                     CANDIDATE_TEXT_MARKER, dtype=torch.long)))
