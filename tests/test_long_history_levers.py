@@ -99,3 +99,33 @@ def test_listwise_loss_is_added_and_trains(tiny_data):
     assert out.logs["loss_list"] == pytest.approx(float(manual), rel=1e-4)
     b.loss.backward()
     assert listwise.cf_projection.weight.grad is not None
+
+
+def test_fusion_of_retriever_and_reranker_scores(tiny_data, tiny_cf_path):
+    from gensr.eval.rerank import choose_fusion_weight, evaluate_rerank, fuse_scores
+    from gensr.models.base import ModelConfig, SRModel
+    from gensr.retrieve import build_retriever
+
+    class Reverse(SRModel):  # ranks the retrieved items in reverse
+        name = "reverse"
+        trainable = False
+
+        def score(self, batch):
+            return torch.arange(batch.candidates.shape[1], dtype=torch.float)[None].expand(
+                len(batch), -1).clone()
+
+    s = torch.tensor([[3.0, 1.0, 2.0, float("-inf")]])
+    r = torch.tensor([[10.0, 30.0, 20.0, float("-inf")]])
+    assert torch.equal(fuse_scores(s, r, 0.0).argsort(descending=True)[0, :3],
+                       torch.tensor([0, 2, 1]))
+    assert torch.equal(fuse_scores(s, r, 100.0).argsort(descending=True)[0, :3],
+                       torch.tensor([1, 2, 0]))
+    assert fuse_scores(s, r, 1.0)[0, 3] == float("-inf")
+    retriever = build_retriever(f"lightgcn={tiny_cf_path}", tiny_data, device="cpu")
+    res = evaluate_rerank(Reverse(ModelConfig(), tiny_data), retriever, tiny_data, "test",
+                          n=20, progress=False, fuse=(0.0, 1000.0))
+    for name, value in res.retriever["rec"].items():  # fused by a huge weight: the retrieval
+        assert res.fused[1000.0]["rec"][name] == pytest.approx(value, abs=1e-9)
+    for name, value in res.rerank["rec"].items():  # weight 0: the reranker's order
+        assert res.fused[0.0]["rec"][name] == pytest.approx(value, abs=1e-9)
+    assert choose_fusion_weight(res) == 1000.0  # reversing the retrieval hurts: trust it

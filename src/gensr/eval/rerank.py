@@ -45,13 +45,51 @@ def rerank_ks(n: int, ks: tuple[int, ...] = KS) -> tuple[int, ...]:
 @dataclass
 class RerankResult:
     """Metrics per task of the retriever alone and of the reranker over its N (None without
-    a reranker), with the seconds each stage took over the whole split."""
+    a reranker), with the seconds each stage took over the whole split; ``fused``: the
+    metrics of the fused score (:func:`fuse_scores`) for each weight asked for."""
 
     retriever: Metrics
     rerank: Metrics | None
     n: int
     instances: int
     seconds: dict[str, float] = field(default_factory=dict)
+    fused: dict[float, Metrics] = field(default_factory=dict)
+
+
+#: the fusion weights tried on validation (gensr evaluate --fuse auto)
+FUSION_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """Each row's finite entries as z-scores (mean 0, sd 1; sd floored at 1e-6); -inf stays."""
+    x = x.double()
+    finite = torch.isfinite(x)
+    count = finite.sum(1, keepdim=True).clamp(min=1)
+    zeroed = torch.where(finite, x, torch.zeros_like(x))
+    mean = zeroed.sum(1, keepdim=True) / count
+    var = (torch.where(finite, x - mean, torch.zeros_like(x)) ** 2).sum(1, keepdim=True) / count
+    z = (x - mean) / var.sqrt().clamp(min=1e-6)
+    return torch.where(finite, z, torch.full_like(x, float("-inf")))
+
+
+def fuse_scores(rerank: torch.Tensor, retrieval: torch.Tensor, weight: float) -> torch.Tensor:
+    """The reranker's and the retriever's scores of the same (B, N) items, fused as in
+    BM25 + monoT5 pipelines: z(rerank) + weight · z(retrieval), each standardised over the
+    row's items (so the two scales meet); ``-inf`` where either is (padding). Weight 0 = the
+    reranker alone (its order, on another scale)."""
+    fused = _standardise(rerank) + float(weight) * _standardise(retrieval)
+    return torch.nan_to_num(fused, nan=float("-inf")).float()
+
+
+def choose_fusion_weight(result: RerankResult, metric: str = "N@10") -> float:
+    """The weight of ``result.fused`` (a validation run) with the best mean ``metric`` over
+    its tasks; ties: the smaller weight."""
+    if not result.fused:
+        raise ValueError("the result holds no fused metrics (evaluate_rerank(fuse=...))")
+    def score(w: float) -> float:
+        rows = result.fused[w]
+        return float(np.mean([rows[t][metric] for t in rows]))
+    return max(sorted(result.fused), key=lambda w: (score(w), -w))
 
 
 def _metrics(scores: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
@@ -187,9 +225,11 @@ def evaluate_rerank(
     max_instances: int | None = None,
     seed: int = 0,
     rankings_out: str | Path | None = None,
+    fuse: tuple[float, ...] = (),
 ) -> RerankResult:
     """Retrieve ``n`` items per instance of ``split`` with ``retriever`` and rerank them with
-    ``model`` (None: the retriever alone); metrics per task at ``rerank_ks(n)``.
+    ``model`` (None: the retriever alone); metrics per task at ``rerank_ks(n)``. ``fuse``:
+    also the metrics of the fused score (:func:`fuse_scores`) for each of these weights.
 
     Tasks: those the retriever (and the model) serve, of ``tasks``. ``max_instances`` takes
     the same seeded subset as :func:`gensr.eval.protocol.evaluate`. ``rankings_out`` writes
@@ -208,8 +248,10 @@ def evaluate_rerank(
         device = torch.device(device) if device is not None else model.device
     else:
         device = torch.device(device) if device is not None else torch.device("cpu")
+    fuse = tuple(float(w) for w in fuse) if model is not None else ()
     parts: dict[str, dict[str, dict[str, list[torch.Tensor]]]] = {
-        who: {t: {} for t in TASK_INDEX} for who in ("retriever", "rerank")}
+        who: {t: {} for t in TASK_INDEX}
+        for who in ("retriever", "rerank", *(f"fused:{w}" for w in fuse))}
     saved: list[dict] = []
     seconds = {"retrieve": 0.0, "rerank": 0.0}
     ret_len = retriever.max_his_len
@@ -235,6 +277,11 @@ def evaluate_rerank(
             width = scores.shape[1]
             metrics = _metrics(scores, scored.items[:, :width], target, ks)
             _collect(parts["rerank"], {k: v * weight for k, v in metrics.items()}, mbatch.task)
+            for w in fuse:
+                fused = fuse_scores(scores, scored.scores[:, :width], w)
+                metrics = _metrics(fused, scored.items[:, :width], target, ks)
+                _collect(parts[f"fused:{w}"], {k: v * weight for k, v in metrics.items()},
+                         mbatch.task)
             reranked = scores
             seconds["rerank"] += time.perf_counter() - t1
         if rankings_out is not None:
@@ -247,7 +294,8 @@ def evaluate_rerank(
     return RerankResult(retriever=summary["retriever"],
                         rerank=summary["rerank"] if model is not None else None,
                         n=n, instances=len(table),
-                        seconds={k: round(v, 3) for k, v in seconds.items()})
+                        seconds={k: round(v, 3) for k, v in seconds.items()},
+                        fused={w: summary[f"fused:{w}"] for w in fuse})
 
 
 def _collect(into: dict[str, dict[str, list[torch.Tensor]]],
