@@ -54,6 +54,9 @@ class RerankResult:
     instances: int
     seconds: dict[str, float] = field(default_factory=dict)
     fused: dict[float, Metrics] = field(default_factory=dict)
+    # who ("retriever", "rerank", "fused:W") -> task -> metric -> per-instance values, in the
+    # order of the instances (the input of seed-aware tests over several runs)
+    per_instance: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 #: the fusion weights tried on validation (gensr evaluate --fuse auto)
@@ -295,7 +298,10 @@ def evaluate_rerank(
                         rerank=summary["rerank"] if model is not None else None,
                         n=n, instances=len(table),
                         seconds={k: round(v, 3) for k, v in seconds.items()},
-                        fused={w: summary[f"fused:{w}"] for w in fuse})
+                        fused={w: summary[f"fused:{w}"] for w in fuse},
+                        per_instance={who: {t: {m: torch.cat(v).numpy() for m, v in ms.items()}
+                                            for t, ms in per.items() if ms}
+                                      for who, per in parts.items()})
 
 
 def _collect(into: dict[str, dict[str, list[torch.Tensor]]],
