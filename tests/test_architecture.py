@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "gensr"
 # layer or above (the modules of one package import each other freely, without a circle)
 LAYERS: list[set[str]] = [
     {"(root)", "errors"},
-    {"config", "tensor", "progress", "threads", "metrics", "outputs"},
+    {"config", "tensor", "progress", "threads", "metrics", "outputs", "files", "screen"},
     {"data"},
     {"cf"},
     {"models"},

@@ -42,3 +42,15 @@ class ConfigError(GensrError):
 
 class RunError(GensrError):
     """A run directory or checkpoint that is missing, incomplete or does not match the data."""
+
+
+#: how every one-line error about a damaged file ends
+DAMAGED = "the file is damaged"
+
+
+def damaged(path: object, what: str, detail: str, error: type[GensrError] = DataError,
+            hint: str = "") -> GensrError:
+    """The one-line error for a file that cannot be parsed (cut short, overwritten):
+    ``PATH: not valid WHAT (DETAIL): the file is damaged[; HINT]``. The readers of each
+    format (:mod:`gensr.files`, :func:`gensr.config.load_yaml`) raise it."""
+    return error(f"{path}: not valid {what} ({detail}): {DAMAGED}" + (f"; {hint}" if hint else ""))

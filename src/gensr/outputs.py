@@ -13,16 +13,27 @@ folder's kind and the gensr version). gensr deletes or replaces a folder only wh
 Folders written before the marker existed count as gensr's when they hold only gensr's file
 names and the folder's own file (``meta.json`` of a data directory, ``results.json`` or
 ``data/`` of a quickstart folder); the marker is added when gensr next writes there.
+
+This module also owns the two other rules of writing: **one writer** per output
+(:func:`writer_lock`: a lock beside the folder or file, refused with the holder's pid and
+host, a stale one taken over with a note) and **a full disk** (:func:`no_space_is_error`,
+:func:`write_atomic`: one line naming the path, nothing half-written kept).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gensr.errors import GensrError
 
@@ -80,8 +91,9 @@ def _is_known(name: str, kind: str) -> bool:
         return True
     if any(fnmatch.fnmatchcase(name, p) for p in PATTERNS.get(kind, ())):
         return True
-    # a staging folder of a killed write (``.data.tmp-…``)
-    return name.startswith(".") and any(name.startswith(f".{k}.tmp") for k in known)
+    # a staging folder of a killed write (``.data.tmp-…``), the writer lock of an entry
+    return name.startswith(".") and any(name.startswith(f".{k}.tmp")
+                                        or name == f".{k}{LOCK_SUFFIX}" for k in known)
 
 
 def foreign_entries(directory: str | Path, kind: str) -> list[str]:
@@ -192,3 +204,294 @@ def remove_owned(directory: str | Path, kind: str, error: type[GensrError],
     check_replaceable(directory, kind, error, inputs, option)
     if Path(directory).exists():
         shutil.rmtree(directory)
+
+
+# --- one writer per output: the lock beside it -----------------------------------------------
+#
+# ``gensr train``, ``data prepare``, ``pretrain-cf`` (and ``compare``/``quickstart`` through
+# them) hold a lock on what they write for as long as they write it: the file
+# ``.NAME.gensr-lock`` beside the folder or file ``NAME`` (beside, not inside: a data
+# directory is renamed into place and a run directory may be cleared while the lock is held).
+# It holds the writer's pid, host, command and start time, and an exclusive ``flock`` held
+# while the process lives: a second writer is refused naming the first; a lock whose process
+# is gone (killed, crashed: the kernel dropped its flock) is taken over with a note.
+
+LOCK_SUFFIX = ".gensr-lock"
+_HELD: dict[str, list[Any]] = {}  # lock path -> [fd, depth, folders made for it]
+
+
+def lock_path(target: str | Path) -> Path:
+    """The lock file of the folder or file ``target``: ``.NAME.gensr-lock`` beside it."""
+    target = Path(os.path.abspath(target))
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+def _holder_doc() -> dict[str, Any]:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("-c", "__main__.py", "gensr", "gensr.exe"):  # `gensr`, `python -m gensr.cli`
+        program = "gensr"
+    command = " ".join([program, *sys.argv[1:]])
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "command": command if len(command) <= 120 else command[:119] + "…",
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8") or "null")
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def describe_holder(doc: dict[str, Any] | None) -> str:
+    """``pid 4242 on host vm (gensr train …, since …)`` for a lock's holder."""
+    if not doc:
+        return "a process that left no record"
+    extra = ", ".join(str(doc[k]) if k == "command" else f"since {doc[k]}"
+                      for k in ("command", "since") if doc.get(k))
+    return f"pid {doc.get('pid', '?')} on host {doc.get('host', '?')}" + (
+        f" ({extra})" if extra else "")
+
+
+def _alive(doc: dict[str, Any] | None) -> bool:
+    """Whether a lock's holder may still run (no flock to ask: pid check on this host)."""
+    if not doc:
+        return False
+    if doc.get("host") != socket.gethostname():
+        return True  # another machine: cannot tell, assume so
+    try:
+        os.kill(int(doc.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def lock_holder(target: str | Path) -> dict[str, Any] | None:
+    """The record of the live writer holding ``target``'s lock, or None (no lock, or one
+    whose process is gone)."""
+    path = lock_path(target)
+    if not path.exists():
+        return None
+    if str(path) in _HELD:
+        return _holder_doc()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        doc = _read_holder(path)
+        return doc if _alive(doc) else None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_holder(path) or {}
+    except OSError:
+        doc = _read_holder(path)
+        return doc if _alive(doc) else None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _make_parents(folder: Path, error: type[GensrError]) -> list[Path]:
+    made: list[Path] = []
+    for parent in [*reversed(folder.parents), folder]:
+        if not parent.exists():
+            try:
+                parent.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise error(f"cannot create {parent}: {err.strerror or type(err).__name__}"
+                            ) from None
+            made.append(parent)
+    return made
+
+
+def _flock(fd: int) -> bool | None:
+    """Try an exclusive flock: True got it, False another holds it, None not supported."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock
+        return None
+    return True
+
+
+def acquire_lock(target: str | Path, error: type[GensrError], *, what: str = "",
+                 option: str = "--out", log: Callable[[str], None] | None = None) -> Path:
+    """Take the writer lock of ``target`` (see above); re-entrant within a process. Raises
+    ``error`` naming the holder when another live process has it."""
+    path = lock_path(target)
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return path
+    made = _make_parents(path.parent, error)
+    label = f"{what} {target}" if what else str(target)
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            _remove_made(made)
+            raise no_space(path, error, err) if is_no_space(err) else error(
+                f"cannot create the lock {path}: {err.strerror or type(err).__name__}"
+            ) from None
+        got = _flock(fd)
+        previous = _read_holder(path)
+        if got is False or (got is None and previous and _alive(previous)
+                            and previous.get("pid") != os.getpid()):
+            os.close(fd)
+            _remove_made(made)
+            raise error(f"{label} is being written by another gensr: {describe_holder(previous)}"
+                        f"; wait for it to end, or choose another {option}")
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:  # released and removed meanwhile: take a fresh file
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:  # pragma: no cover - five releases in a row
+        _remove_made(made)
+        raise error(f"cannot take the lock {path}: it keeps changing")
+    if previous:
+        (log or _note)(f"note: {label}: took over the lock {path.name} of "
+                       f"{describe_holder(previous)}: that process is gone")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_holder_doc()) + "\n").encode(), 0)
+    except OSError as err:
+        _release_fd(path, fd, made)
+        raise no_space(path, error, err) if is_no_space(err) else error(
+            f"cannot write the lock {path}: {err.strerror or type(err).__name__}") from None
+    _HELD[key] = [fd, 1, made]
+    return path
+
+
+def release_lock(target: str | Path) -> None:
+    """Give back a lock taken with :func:`acquire_lock` (the last release removes it)."""
+    key = str(lock_path(target))
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        _release_fd(Path(key), held[0], held[2])
+
+
+def _release_fd(path: Path, fd: int, made: list[Path]) -> None:
+    try:
+        path.unlink()  # while the flock is held: a waiting taker then sees a new inode
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+    _remove_made(made)
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folders made for a lock, when nothing else was put in them."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+@contextmanager
+def writer_lock(target: str | Path, error: type[GensrError], *, what: str = "",
+                option: str = "--out", log: Callable[[str], None] | None = None
+                ) -> Iterator[Path]:
+    """``with writer_lock(out, RunError, what="run directory"):`` one writer of ``out``."""
+    path = acquire_lock(target, error, what=what, option=option, log=log)
+    try:
+        yield path
+    finally:
+        release_lock(target)
+
+
+# --- a full disk: one line, nothing half-written ---------------------------------------------
+
+def is_no_space(err: BaseException | None) -> bool:
+    """Whether ``err`` (or what it was raised from) is a full disk: ``ENOSPC``, or a library's
+    wording of it (pyarrow, safetensors and torch's writer wrap the OS error)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        text = str(err).lower()
+        if "no space left on device" in text or "os error 28" in text or "errno 28" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def no_space(path: str | Path, error: type[GensrError], err: BaseException | None = None,
+             after: str = "free some space and run the command again") -> GensrError:
+    """The one-line error for a full disk while writing ``path``."""
+    name = getattr(err, "filename", None)
+    where = f"{path} (writing {name})" if name and str(name) != str(path) else str(path)
+    return error(f"{where}: no space left on device; {after}")
+
+
+@contextmanager
+def no_space_is_error(path: str | Path, error: type[GensrError],
+                      cleanup: Callable[[], None] | None = None,
+                      after: str = "free some space and run the command again"
+                      ) -> Iterator[None]:
+    """Turn a full disk inside the block into ``no_space(path, error)`` after ``cleanup()``
+    (which removes what was half-written); every other error passes unchanged."""
+    try:
+        yield
+    except GensrError:
+        raise
+    except Exception as err:
+        if not is_no_space(err):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise no_space(path, error, err, after) from None
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None],
+                 error: type[GensrError]) -> Path:
+    """Write ``path`` through a temporary file beside it renamed into place: a reader sees
+    the old file or the new one, never half of one; on a full disk (one-line ``error``) or
+    any other failure the temporary file is removed. ``content``: text, bytes, or
+    ``write(tmp_path)``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def remove() -> None:
+        tmp.unlink(missing_ok=True)
+
+    try:
+        with no_space_is_error(path, error, remove):
+            if isinstance(content, str):
+                tmp.write_text(content, encoding="utf-8")
+            elif isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                content(tmp)
+            os.replace(tmp, path)
+    except BaseException:
+        remove()
+        raise
+    return path
