@@ -164,7 +164,7 @@ def test_load_errors_are_clear(tmp_path):
         CFTable.load(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a table")
-    with pytest.raises(RunError, match="not a readable safetensors"):
+    with pytest.raises(RunError, match="not valid safetensors .*: the file is damaged"):
         CFTable.load(bad)
     with pytest.raises(RunError, match="must end with .safetensors"):
         CFTable(item=torch.zeros(2, 2)).save(tmp_path / "cf.pt")

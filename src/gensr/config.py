@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from gensr.errors import ConfigError
+from gensr.errors import DAMAGED, ConfigError, damaged
 
 T = TypeVar("T")
 
@@ -124,19 +124,27 @@ def parse_set(pairs: list[str] | None) -> dict[str, str]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
+    """Read a YAML mapping; errors name the file, and a file YAML cannot parse (cut short,
+    overwritten, or mistyped) says so in one line (:func:`gensr.errors.damaged`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise damaged(path, "YAML", f"not UTF-8 text at byte {err.start}", ConfigError
+                      ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or type(err).__name__})"
+                          ) from None
+    try:
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML: {problem}{where}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where}): {DAMAGED} or mistyped"
+                          ) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return loaded

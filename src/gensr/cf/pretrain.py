@@ -42,8 +42,9 @@ from gensr.cf.table import FORMAT, SUFFIX, CFTable, card_path
 from gensr.config import update_config
 from gensr.data.candidates import InteractedSet
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import ConfigError, DataError
+from gensr.errors import ConfigError, DataError, RunError
 from gensr.metrics import rank_metrics
+from gensr.outputs import check_output_path, writer_lock
 from gensr.progress import progress as progress_bar
 from gensr.tensor import pick_device
 
@@ -301,7 +302,14 @@ def pretrain_cf(
     dev = device if isinstance(device, torch.device) else pick_device(device)
     if not isinstance(data, SRData):
         data = load_data(data)
+    check_output_path(out.parent, RunError, option="--out")
+    with writer_lock(out, RunError, what="CF table"):  # one writer of the table
+        return _pretrain(data, out, config, dev, progress, start)
 
+
+def _pretrain(data: SRData, out: Path, config: CFConfig, dev: torch.device, progress: bool,
+              start: float) -> dict[str, Any]:
+    """:func:`pretrain_cf` once its settings are checked and it holds the table's lock."""
     train = data.train()
     rec = train.filter(pl.col("behaviour") == "rec")
     if rec.height == 0:

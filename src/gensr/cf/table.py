@@ -13,16 +13,16 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gensr.errors import RunError
+from gensr.errors import GensrError, RunError, damaged
+from gensr.files import first_line, open_safetensors, read_json
+from gensr.outputs import make_dir, write_atomic
 
 if TYPE_CHECKING:
     from gensr.data.dataset import SRData
@@ -37,16 +37,10 @@ def card_path(path: str | Path) -> Path:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place
+    (:func:`gensr.outputs.write_atomic`: a full disk is one line, no temporary file kept)."""
+    make_dir(path.parent, RunError)
+    write_atomic(path, write, RunError)
 
 
 _SHA256_CACHE: dict[tuple, str] = {}
@@ -123,20 +117,21 @@ class CFTable:
         if not path.is_file():
             raise RunError(f"CF table {path} does not exist "
                            "(make one with `gensr pretrain-cf DATA_DIR --out PATH`)")
+        again = "pretrain it again (gensr pretrain-cf)"
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with open_safetensors(path, RunError, again) as f:
                 metadata = dict(f.metadata() or {})
                 names = set(f.keys())
                 if "item" not in names:
                     raise RunError(f"{path} holds no 'item' tensor: not a CF table")
                 item = f.get_tensor("item").float()
                 user = f.get_tensor("user").float() if "user" in names else None
-        except RunError:
+        except GensrError:
             raise
         except Exception as err:  # safetensors raises its own error types on bad files
-            raise RunError(f"{path} is not a readable safetensors file: {err}") from None
+            raise damaged(path, "safetensors", first_line(err), RunError, again) from None
         cpath = card_path(path)
-        card: dict[str, Any] = json.loads(cpath.read_text()) if cpath.is_file() else {}
+        card: dict[str, Any] = read_json(cpath, RunError, hint=again) if cpath.is_file() else {}
         fp = metadata.get("data_fingerprint") or card.get("data_fingerprint")
         if fp:
             card["data_fingerprint"] = fp

@@ -26,9 +26,20 @@ import pyarrow.parquet as pq
 from gensr.data import schema
 from gensr.data.candidates import build_candidates
 from gensr.errors import DataError
-from gensr.outputs import MARKER, check_output_path, check_replaceable, make_dir, write_marker
+from gensr.outputs import (
+    MARKER,
+    check_output_path,
+    check_replaceable,
+    is_no_space,
+    make_dir,
+    no_space,
+    write_marker,
+)
 
 SplitStrategy = Literal["loo", "day", "given"]
+#: what a full disk during the write leaves: nothing (the staging folder is removed)
+NOTHING_WRITTEN = ("nothing was written (a previous --out is untouched): free some space and "
+                   "run it again")
 
 RAW_INTERACTION_COLUMNS = {
     "user": pl.Utf8,
@@ -347,6 +358,8 @@ def write_canonical(
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     except OSError as err:
+        if is_no_space(err):
+            raise no_space(out_dir.parent, DataError, err, NOTHING_WRITTEN) from None
         raise DataError(f"cannot write in {out_dir.parent}: "
                         f"{err.strerror or type(err).__name__}") from None
     try:
@@ -372,8 +385,11 @@ def write_canonical(
             check_output_dir(out_dir, overwrite)  # still ours (it may have changed meanwhile)
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, DataError) \
+                and is_no_space(err):
+            raise no_space(out_dir, DataError, err, NOTHING_WRITTEN) from None
         raise
     return out_dir
 

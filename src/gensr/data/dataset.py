@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -12,8 +11,11 @@ import polars as pl
 
 from gensr.data import schema
 from gensr.errors import DataError
+from gensr.files import read_json, read_parquet
 
 _USER_STRIDE = np.int64(1) << 40
+#: what to do about a damaged file of a data directory
+AGAIN = "prepare the data directory again (gensr data prepare … --overwrite)"
 REQUIRED_FILES = ("meta.json", "interactions.parquet", "items.parquet", "queries.parquet")
 
 
@@ -117,14 +119,14 @@ class SRData:
             if not (self.path / name).exists():
                 raise DataError(f"{name} is missing: not a gensr data directory",
                                 file=str(self.path))
-        self.meta: dict = json.loads((self.path / "meta.json").read_text())
+        self.meta: dict = read_json(self.path / "meta.json", DataError, hint=AGAIN)
         version = self.meta.get("schema_version")
         if version != schema.SCHEMA_VERSION:
             raise DataError(f"schema version {version} is not {schema.SCHEMA_VERSION}; "
                             "prepare the data again", file=str(self.path / "meta.json"))
-        self.interactions = pl.read_parquet(self.path / "interactions.parquet")
-        self.items = pl.read_parquet(self.path / "items.parquet")
-        self.queries = pl.read_parquet(self.path / "queries.parquet")
+        self.interactions = read_parquet(self.path / "interactions.parquet", hint=AGAIN)
+        self.items = read_parquet(self.path / "items.parquet", hint=AGAIN)
+        self.queries = read_parquet(self.path / "queries.parquet", hint=AGAIN)
         self.n_users = int(self.meta["n_users"])
         self.n_items = int(self.meta["n_items"])
         self.n_queries = int(self.meta["n_queries"])
@@ -163,7 +165,7 @@ class SRData:
         path = self.path / "users.parquet"
         if not path.is_file():
             return {}
-        users = pl.read_parquet(path)
+        users = read_parquet(path, hint=AGAIN)
         return dict(zip(users["orig_id"].to_list(), users["user_id"].to_list()))
 
     @cached_property
@@ -195,7 +197,10 @@ class SRData:
                 raise DataError("candidates file is missing", file=str(path))
             raise DataError(f"no {strategy} candidates: make them with `gensr data candidates "
                             f"{self.path} --strategy {strategy}`", file=str(path))
-        return pl.read_parquet(path)
+        if strategy == "uniform":
+            return read_parquet(path, hint=AGAIN)
+        return read_parquet(path, hint=f"make them again with `gensr data candidates "
+                                     f"{self.path} --strategy {strategy} --overwrite`")
 
     def popularity(self, behaviour: str | None = None) -> np.ndarray:
         """Training-split interaction counts per item id (index 0 = padding)."""

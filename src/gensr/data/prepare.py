@@ -18,7 +18,7 @@ from gensr.data.canonical import (
     write_canonical,
 )
 from gensr.errors import DataError
-from gensr.outputs import check_not_input
+from gensr.outputs import check_not_input, writer_lock
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def prepare(
     if source != "synthetic":
         options.setdefault("seed", seed)
     _check_options(source, options)
-    log, report = spec.read(raw_path, **options)
-    path = write_canonical(log, out, report, split=split or spec.split, seed=seed,
-                           n_negatives=n_negatives, overwrite=overwrite)
+    with writer_lock(out, DataError, what="data directory"):  # one writer of --out
+        log, report = spec.read(raw_path, **options)
+        path = write_canonical(log, out, report, split=split or spec.split, seed=seed,
+                               n_negatives=n_negatives, overwrite=overwrite)
     return path, report

@@ -51,7 +51,7 @@ from gensr.data.adapters.common import positive_count, purchases_to_interactions
 from gensr.data.canonical import RawLog, Report, kcore_filter
 from gensr.data.schema import CATEGORY_SEP
 from gensr.data.text import analyze, category_query, stemmer_name
-from gensr.errors import DataError
+from gensr.errors import DAMAGED, DataError
 
 JSON_SUFFIXES = (".json", ".json.gz")
 _TAG = re.compile(r"<[/!]?[A-Za-z][^>]*(?:>|$)")
@@ -97,8 +97,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield from enumerate(fh, start=1)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
         what = "corrupt gzip data" if isinstance(err, zlib.error) else str(err)
-        raise DataError(f"cannot read the file: {what} ({err})" if isinstance(err, zlib.error)
-                        else f"cannot read the file: {what}", file=str(path)) from None
+        end = f": {DAMAGED}" if isinstance(err, (zlib.error, EOFError, UnicodeDecodeError)) \
+            else ""
+        raise DataError(f"cannot read the file: {what} ({err}){end}" if isinstance(
+            err, zlib.error) else f"cannot read the file: {what}{end}", file=str(path)
+        ) from None
 
 
 def _parse_record(text: str, file: Path, line: int) -> dict[str, Any]:

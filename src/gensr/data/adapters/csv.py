@@ -49,6 +49,7 @@ import polars as pl
 from gensr.data.adapters.common import positive_count
 from gensr.data.canonical import RawLog, Report, kcore_filter
 from gensr.errors import DataError
+from gensr.files import check_csv_end
 
 INTERACTION_COLUMNS = ("user", "item", "timestamp", "behaviour")
 ITEM_COLUMNS = ("item", "text")
@@ -107,6 +108,7 @@ def _read(path: Path, required: tuple[str, ...], sep: str = ",") -> pl.DataFrame
         raise DataError("file is missing", file=str(path))
     if path.stat().st_size:
         _check_header(path, sep, required)
+        check_csv_end(path, sep)
     try:
         frame = pl.read_csv(path, infer_schema=False, row_index_name="_line",
                             row_index_offset=2, separator=sep)

@@ -47,6 +47,7 @@ from gensr.data.adapters.common import positive_count
 from gensr.data.canonical import RawLog, Report
 from gensr.data.schema import CATEGORY_SEP
 from gensr.errors import DataError
+from gensr.files import check_csv_end
 
 BEIJING_OFFSET_S = 8 * 3600
 LEVELS = ("first", "second", "third", "fourth")
@@ -148,6 +149,7 @@ def _scan(path: Path, fields: Sequence[Field], typed: bool) -> pl.LazyFrame:
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)}", file=str(path), line=1,
                         column=missing[0])
+    check_csv_end(path)
     overrides = {f.name: f.dtype for f in fields} if typed else None
     return pl.scan_csv(path, infer_schema=False, schema_overrides=overrides,
                        row_index_name="_line", row_index_offset=2,
