@@ -38,7 +38,7 @@ from gensr.errors import ConfigError, RunError
 from gensr.eval.protocol import instance_metrics, summarise_instances
 from gensr.eval.tables import TABLE_METRICS
 from gensr.models.registry import model_class
-from gensr.outputs import remove_owned
+from gensr.outputs import remove_owned, writer_lock
 from gensr.runs import FINISHED, RunInfo, load_run, pick_device, prepare_inference
 from gensr.tensor import resolve_precision
 from gensr.train import TrainConfig, train_run
@@ -79,7 +79,19 @@ def ensure_run(run_dir: Path, kind: str, model_values: dict[str, Any],
 
     ``progress=False`` trains without a progress bar. ``replace``: a run with other settings
     or data is deleted and trained again instead of refused (only for folders the caller
-    owns). ``config_file``: where the run's YAML is written (default: beside ``run_dir``)."""
+    owns). ``config_file``: where the run's YAML is written (default: beside ``run_dir``).
+    The run directory's writer lock is held throughout (two commands never decide about, or
+    write, one run at once)."""
+    with writer_lock(run_dir, RunError, what="run directory", log=log):
+        return _ensure_run(run_dir, kind, model_values, train_values, data, device=device,
+                           log=log, progress=progress, replace=replace,
+                           config_file=config_file)
+
+
+def _ensure_run(run_dir: Path, kind: str, model_values: dict[str, Any],
+                train_values: dict[str, Any], data: SRData, *, device: str | None,
+                log: Callable[[str], None], progress: bool, replace: bool,
+                config_file: Path | None) -> tuple[str, RunInfo]:
     cls = model_class(kind)
     train_values = dict(train_values)
     if not progress:
@@ -235,8 +247,11 @@ def stored_eval(run_dir: Path, strategy: str = DEFAULT_STRATEGY
     cache = eval_file(run_dir, strategy)
     if not cache.exists():
         return None
-    stored = json.loads(cache.read_text())
-    if "per_instance" not in stored:
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, ValueError):  # a damaged cache is no cache: evaluated again
+        return None
+    if not isinstance(stored, dict) or "per_instance" not in stored:
         return None
     per = stored["per_instance"]
     run = RunEval(stored["metrics"], np.asarray(per["rows"], dtype=np.int64),

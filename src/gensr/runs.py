@@ -20,13 +20,16 @@ import torch
 
 from gensr.data.dataset import SRData, load_data
 from gensr.errors import RunError
+from gensr.files import read_json
 from gensr.models.base import SRModel, read_model_card
 from gensr.models.registry import model_class
+from gensr.outputs import describe_holder, lock_holder
 from gensr.tensor import PRECISIONS, pick_device, resolve_precision
 
 __all__ = ["FINISHED", "PRECISIONS", "RUN_FILE", "STOP_REASONS", "RunInfo", "load_run",
            "pick_device", "prepare_inference", "read_run_info",
-           "resolve_precision"]  # the device and precision helpers live in gensr.tensor
+           "resolve_precision", "unfinished_warning"]
+# (the device and precision helpers live in gensr.tensor)
 
 RUN_FILE = "run.json"
 #: the states of a run that is done: trained to its end (or early-stopped), or not trainable
@@ -34,7 +37,13 @@ FINISHED = ("finished", "early_stopped", "not trainable")
 #: why training ended (``RunInfo.stop_reason``) -> how tables say it
 STOP_REASONS = {"early_stop": "early stop", "max_steps": "max steps",
                 "max_epochs": "max epochs", "time_budget": "time budget",
-                "interrupted": "interrupted", "paused": "paused"}
+                "interrupted": "interrupted", "paused": "paused", "error": "failed"}
+#: what an unfinished status means, in the warning that evaluating such a run prints
+UNFINISHED = {"started": "its training stopped before its first checkpoint",
+              "running": "its training stopped without finishing (killed, or crashed)",
+              "failed": "its training failed",
+              "interrupted": "its training was interrupted",
+              "paused": "its training was paused"}
 
 
 #: the keys that name a run: what it trains, on which data, with which settings
@@ -47,7 +56,8 @@ class RunInfo:
     """``RUN_DIR/run.json``: what a run is and where it stands.
 
     ``status``: started (settings written, no step yet) | running | interrupted | paused |
-    finished | early_stopped | not trainable. The trainer's bookkeeping (``train_instances``,
+    failed (an error ended it: ``extra["error"]``) | finished | early_stopped | not
+    trainable. The trainer's bookkeeping (``train_instances``,
     ``steps_per_epoch``, ``timing``, ``threads``, …) is kept as written; keys this version
     does not know are kept in ``extra`` and written back."""
 
@@ -131,8 +141,12 @@ class RunInfo:
         """Write ``run.json`` atomically (a temporary file renamed over it)."""
         path = Path(run_dir) / RUN_FILE
         tmp = path.with_name(f"{RUN_FILE}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: the previous run.json stays whole
+            raise
 
     # --- what the state means --------------------------------------------------------------
     @property
@@ -156,6 +170,34 @@ class RunInfo:
             and self.total_steps == max_steps else "max_epochs"
 
 
+def unfinished_warning(run_dir: str | Path) -> str | None:
+    """None when ``run_dir``'s ``run.json`` says the run finished (or there is none: a bare
+    ``save_pretrained`` folder); else the one-line warning that evaluating or serving it
+    prints: its state and step, whether a live process is training it now (its writer lock,
+    :func:`gensr.outputs.lock_holder`), and which weights are scored."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        return None
+    doc = read_json_object(run_dir / RUN_FILE)
+    info = RunInfo.from_dict(doc, run_dir / RUN_FILE)
+    if info.finished or "status" not in doc:  # no state recorded (not the trainer's record)
+        return None
+    step = f"step {info.steps}" + (f" of {info.total_steps}" if info.total_steps else "")
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        why = f"it is being trained now by {describe_holder(holder)}"
+    else:
+        why = UNFINISHED.get(info.status, f"status {info.status}")
+        if info.status == "failed" and info.extra.get("error"):
+            why += f": {info.extra['error']}"
+    weights = (f"the weights of step {info.best_step}, its best validation so far"
+               if info.best_step is not None else "weights no validation chose")
+    resume = (f"; `gensr train --out {run_dir} --resume` continues it" if holder is None
+              and (run_dir / "last" / "checkpoint.pt").is_file() else "")
+    return (f"warning: {run_dir} did not finish training (status {info.status} at {step}: "
+            f"{why}); these are {weights}{resume}")
+
+
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """``run.json`` of a run directory as a plain dict (an empty dict for a bare
     ``save_pretrained`` folder); typed: :meth:`RunInfo.read`."""
@@ -164,17 +206,9 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file holding one object, with a one-line :class:`RunError` when it does not."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunError(f"{path}: cannot read it ({type(err).__name__})") from None
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column "
-                       f"{err.colno}): the file is damaged") from None
-    if not isinstance(doc, dict):
-        raise RunError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    return doc
+    """A JSON file holding one object, with a one-line :class:`RunError` when it does not
+    (a damaged file says so: :func:`gensr.files.read_json`)."""
+    return read_json(path, RunError)
 
 
 def load_run(

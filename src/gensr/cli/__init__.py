@@ -22,11 +22,24 @@ def main() -> None:
     try:
         app()
     except GensrError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(err))
+    except Exception as err:
+        from gensr.outputs import is_no_space
+
+        if not is_no_space(err):
+            raise
+        # a full disk the command did not name itself (each writer names its path)
+        where = getattr(err, "filename", None)
+        _fail(f"{where or 'a file'}: no space left on device; free some space and run the "
+              "command again")
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from gensr.cli.common import (
     analyze_app,
     console,
 )
+from gensr.screen import show
 
 _RUNS_HELP = "Run directories (from `gensr train`), each RUN_DIR or LABEL=RUN_DIR; runs with " \
              "the same label form a group (e.g. training seeds)."
@@ -80,7 +81,7 @@ def analyze_mi(
             cells.append("–" if not math.isfinite(row["mean"]) else
                          f"{row['mean']:.4f} ± {row['std']:.4f} (n={row['n_estimates']})")
         table.add_row(label, *cells)
-    console.print(table)
+    show(table, console)
     _print_files(summary["files"])
 
 
@@ -121,7 +122,7 @@ def analyze_grad_conflict(
     for label, row in summary["models"].items():
         table.add_row(label, f"{row['mean_cos']:.4f}", f"{row['median_cos']:.4f}",
                       f"{100 * row['frac_negative']:.1f}%", f"{row['mean_cos_last_half']:.4f}")
-    console.print(table)
+    show(table, console)
     _print_files(summary["files"])
 
 
@@ -156,7 +157,7 @@ def analyze_space(
     for row in summary["separation"]:
         table.add_row(row["panel"], f"{row['probe_acc']:.3f}", _num(row["silhouette"]),
                       _num(row["kde_overlap"]))
-    console.print(table)
+    show(table, console)
     _print_files(summary["files"])
 
 
@@ -174,7 +175,7 @@ def _print_grid(summary: dict, key: str, title: str) -> None:
                       *[f"{row[m]:.4f}" + (f" ± {row[m + '_std']:.4f}" if several else "")
                         for m in ("R@5", "N@5", "R@10", "N@10")],
                       str(row["n_seeds"]))
-    console.print(table)
+    show(table, console, keep=2)
     _print_files(summary["files"])
 
 

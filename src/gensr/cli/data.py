@@ -14,6 +14,7 @@ from gensr.cli.common import (
     console,
     data_app,
 )
+from gensr.screen import show
 
 
 @data_app.command("prepare")
@@ -48,7 +49,7 @@ def _print_report(report) -> None:
         table.add_row(f"read {f}", f"{n:,}")
     for reason, n in report.dropped.items():
         table.add_row(f"dropped: {reason}", f"{n:,}")
-    console.print(table)
+    show(table, console)
     _print_counts(report.counts)
     for note in report.notes:
         console.print(f"note: {note}")
@@ -65,7 +66,7 @@ def _print_counts(counts: dict) -> None:
     table.add_column("src", justify="right")
     for split, row in counts["by_split"].items():
         table.add_row(split, f"{row['rec']:,}", f"{row['src']:,}")
-    console.print(table)
+    show(table, console)
 
 
 @data_app.command("stats")
@@ -159,7 +160,7 @@ def pretrain_cf_cmd(
         row = valid.get(key)
         cells = [f"{row[m]:.4f}" for m in ("R@10", "N@10", "R@20", "N@20")] if row else ["-"] * 4
         table.add_row(label, *cells)
-    console.print(table)
+    show(table, console)
     graph, fallback = card["graph"], card["fallback"]
     console.print(
         f"graph: {graph['users']:,} users, {graph['items']:,} items, {graph['edges']:,} edges; "

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 from gensr.data import load_data
 from gensr.data.candidates import check_strategy
-from gensr.errors import ConfigError, DataError
+from gensr.errors import ConfigError, DataError, RunError
 from gensr.eval.protocol import Shard, evaluate, evaluate_full
 from gensr.eval.tables import print_table
 from gensr.models.registry import model_class
-from gensr.runs import load_run, pick_device, prepare_inference
+from gensr.outputs import no_space_is_error, write_atomic
+from gensr.runs import load_run, pick_device, prepare_inference, unfinished_warning
 
 
 def evaluate_run(
@@ -61,6 +65,9 @@ def evaluate_run(
         raise ConfigError(f"--rerank-n must be >= 1, got {rerank_n}")
     if run_dir is not None:
         net, dataset = load_run(run_dir, data, device)
+        unfinished = unfinished_warning(run_dir)  # evaluated, but never without a word
+        if unfinished:
+            console.print(unfinished, highlight=False, soft_wrap=True)
     else:
         if data is None:
             raise ConfigError("--model needs --data DATA_DIR")
@@ -79,6 +86,42 @@ def evaluate_run(
     if missing:
         console.print(f"warning: the {split} split has no {' or '.join(missing)} instances: "
                       f"evaluating {', '.join(served)} only", highlight=False)
+    with _outputs_on_full_disk(run_dir, save_scores):
+        return _evaluate_and_write(
+            net, dataset, run_dir=run_dir, split=split, full=full, ties=ties,
+            batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
+            console=console, candidates=candidates, retrievers=retrievers, rerank_n=rerank_n,
+            index=index, shard=shard, used=used, fast_path=fast_path)
+
+
+@contextmanager
+def _outputs_on_full_disk(run_dir: Path | None, save_scores: Path | None) -> Iterator[None]:
+    """A full disk while writing the scores or the metrics: one line, and no half-written
+    scores file left (the metrics files are written atomically)."""
+    target = save_scores if save_scores is not None else run_dir
+    started = time.time() - 1
+
+    def remove() -> None:  # the scores files written by this evaluation (one per retriever)
+        if save_scores is None:
+            return
+        out = Path(save_scores)
+        for path in [out, *out.parent.glob(f"{out.stem}.*{out.suffix or '.parquet'}")]:
+            if path.is_file() and path.stat().st_mtime >= started:
+                path.unlink(missing_ok=True)
+
+    if target is None:
+        yield
+        return
+    with no_space_is_error(target, RunError, remove,
+                           after="no partial output was kept: free some space and evaluate "
+                                 "again"):
+        yield
+
+
+def _evaluate_and_write(net, dataset, *, run_dir, split, full, ties, batch_size, max_instances,
+                        save_scores, console, candidates, retrievers, rerank_n, index, shard,
+                        used, fast_path) -> dict:
+    """:func:`evaluate_run` once the model and data are loaded and checked."""
     if retrievers:
         return evaluate_retrievers(net, dataset, retrievers, split=split, n=rerank_n,
                                    run_dir=run_dir, batch_size=batch_size,
@@ -106,7 +149,7 @@ def evaluate_run(
                          if net.name == "gensr" else ""), console=console)
     if run_dir is not None:
         out = Path(run_dir) / f"metrics_{split}{'_full' if full else ''}{strategy}.json"
-        out.write_text(json.dumps(metrics, indent=2))
+        write_atomic(out, json.dumps(metrics, indent=2), RunError)
         console.print(f"wrote {out}")
     return metrics
 
@@ -167,6 +210,6 @@ def evaluate_retrievers(
                 console=console)
     if run_dir is not None:
         path = Path(run_dir) / f"metrics_{split}_rerank.json"
-        path.write_text(json.dumps(report, indent=2))
+        write_atomic(path, json.dumps(report, indent=2), RunError)
         console.print(f"wrote {path}")
     return results

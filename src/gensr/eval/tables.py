@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gensr.data.schema import TASK_TITLES
+from gensr.screen import show
 
 Cell = float | tuple[float, float] | None
 Results = dict[str, dict[str, dict[str, float]]]  # model -> task -> metric -> value
@@ -85,7 +86,8 @@ def print_table(
     console: Console | None = None,
     marks: Marks | None = None,
 ) -> None:
-    """Print the same table to the terminal (best in bold)."""
+    """Print the same table to the terminal (best in bold), readable at the console's width:
+    split by model columns when it is too wide (:func:`gensr.screen.show`)."""
     console = console or Console()
     table = Table(title=title)
     table.add_column("task")
@@ -96,4 +98,4 @@ def print_table(
         table.add_row(TASK_TITLES.get(task, task), metric,
                       *[(f"[bold]{c}[/bold]" if best else c) + _mark(marks, m, task, metric)
                         for m, (c, best) in zip(results, cells)])
-    console.print(table)
+    show(table, console, keep=2)

@@ -84,7 +84,7 @@ def staging_dir(run_dir: Path) -> Path:
 def write_main(directory: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any,
                state: TrainState) -> None:
     """The main process's part: weights, optimizer, scheduler, trainer state."""
-    torch.save({
+    _save({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -96,7 +96,20 @@ def write_main(directory: Path, model: torch.nn.Module, optimizer: Any, schedule
 
 def write_rng(directory: Path, rank: int, rng: dict[str, Any]) -> None:
     """Every process's part: its random states."""
-    torch.save(rng, directory / f"rng_{rank}.pt")
+    _save(rng, directory / f"rng_{rank}.pt")
+
+
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file: an OS error (a full disk) stays an ``OSError``
+    that the error it causes is raised from (torch's own writer reports it as
+    ``unexpected pos …``)."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def discard_staged(run_dir: Path) -> None:
+    """Remove a checkpoint that was being written when the run failed (``last.tmp/``)."""
+    shutil.rmtree(staging_dir(run_dir), ignore_errors=True)
 
 
 def commit(run_dir: Path) -> None:

@@ -12,8 +12,10 @@ exactly one of the two configs. ``--set`` wins over the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,24 @@ import torch
 import gensr
 from gensr.config import load_yaml, parse_set, update_config
 from gensr.data.dataset import SRData, load_data
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError, GensrError, RunError
+from gensr.files import first_line, open_safetensors
 from gensr.models.base import ModelConfig, SRModel
 from gensr.models.registry import model_class
 from gensr.outputs import (
     MARKER,
+    acquire_lock,
     check_not_input,
     check_output_path,
+    is_no_space,
     marker_kind,
+    no_space,
+    release_lock,
     remove_owned,
     write_marker,
 )
 from gensr.runs import RUN_FILE, RunInfo
-from gensr.train.checkpoint import LAST, has_checkpoint
+from gensr.train.checkpoint import LAST, discard_staged, has_checkpoint
 from gensr.train.config import TrainConfig
 from gensr.train.loop import fit
 
@@ -167,9 +174,18 @@ def train_run(
     """
     out = Path(out)
     check_output_path(out, RunError)
-    if resume:
-        return _resume(out, model_name, data_dir, config_path, sets, cf_path, device, log,
-                       stop_after_steps)
+    with _one_writer(out, log):
+        if resume:
+            return _resume(out, model_name, data_dir, config_path, sets, cf_path, device, log,
+                           stop_after_steps)
+        return _new_run(out, model_name, data_dir, config_path, sets, cf_path, device, log,
+                        stop_after_steps)
+
+
+def _new_run(out: Path, model_name: str | None, data_dir: str | Path | None,
+             config_path: str | Path | None, sets: list[str] | None,
+             cf_path: str | Path | None, device: str | None, log: Callable[[str], None],
+             stop_after_steps: int | None) -> RunInfo:
     if model_name is None or data_dir is None:
         raise ConfigError("gensr train needs --model and --data (or --resume on a run)")
     inputs = {"data directory": data_dir, "CF table": cf_path, "config file": config_path}
@@ -191,6 +207,70 @@ def train_run(
         return _write_untrained(out, model, data, train_config, log)
     fit(model, data, train_config, out, stop_after_steps=stop_after_steps, log=log)
     return _written(out)
+
+
+# --- one writer, and what a failed run leaves ------------------------------------------------
+def _main_process() -> bool:
+    """Whether this is the process that writes the run (rank 0 under ``accelerate launch``)."""
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
+@contextmanager
+def _one_writer(out: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``out``'s writer lock (:func:`gensr.outputs.writer_lock`) while training; when
+    the run fails, leave nothing half-written (:func:`after_failure`) and turn a full disk
+    into one line."""
+    main = _main_process()
+    if main:
+        acquire_lock(out, RunError, what="run directory", log=log)
+    try:
+        yield
+    except BaseException as err:
+        if main and not isinstance(err, GensrError):  # those are raised before any write
+            after_failure(out, err)
+        if isinstance(err, Exception) and not isinstance(err, GensrError) and is_no_space(err):
+            after = ("the run keeps its last checkpoint: free some space and continue it with "
+                     f"`gensr train --out {out} --resume`" if has_checkpoint(out) else
+                     "no checkpoint was kept: free some space and train it again")
+            raise no_space(out, RunError, err, after) from None
+        raise
+    finally:
+        if main:
+            release_lock(out)
+
+
+def after_failure(out: Path, err: BaseException) -> None:
+    """What a run that failed while writing must not leave behind: the checkpoint being
+    staged (``last.tmp/``), a temporary ``run.json``, weights cut short (a
+    ``model.safetensors`` that does not read back); a run that was training (``running``)
+    is recorded as ``failed`` with the error, so nothing reads it as a result."""
+    if not out.is_dir():
+        return
+    discard_staged(out)
+    for tmp in out.glob(f"{RUN_FILE}.tmp"):
+        tmp.unlink(missing_ok=True)
+    weights = out / "model.safetensors"
+    if weights.is_file():
+        try:
+            with open_safetensors(weights, RunError):
+                pass
+        except RunError:
+            weights.unlink(missing_ok=True)
+    if isinstance(err, KeyboardInterrupt):
+        return  # the trainer recorded it (status interrupted, a checkpoint to resume)
+    try:
+        info = RunInfo.read(out)
+    except RunError:
+        return
+    if info is None or info.status != "running":
+        return
+    info.status, info.stop_reason = "failed", "error"
+    info.extra["error"] = ("no space left on device" if is_no_space(err) else
+                           first_line(err, 300))
+    try:
+        info.write(out)
+    except OSError:
+        pass  # the disk is still full: run.json keeps saying running
 
 
 def _resume(out: Path, model_name: str | None, data_dir: str | Path | None,
