@@ -613,7 +613,7 @@ def _hostile_requests(items: list[str]) -> dict[str, tuple[dict, int, str, str]]
         "top_k Infinity": (raw(b'{"candidates": ["' + c0 + b'"], "top_k": Infinity}'), 422,
                            "invalid_request", "top_k"),
         "top_k -1": (body(top_k=-1), 422, "invalid_request", "top_k"),
-        "top_k 1e3": (body(top_k=1e3), 422, "invalid_request", "top_k"),
+        "top_k 1.5": (body(top_k=1.5), 422, "invalid_request", "top_k"),
         "top_k a list": (body(top_k=[1]), 422, "invalid_request", "top_k"),
         # query
         "query too long": (body(query="q" * (MAX_QUERY_CHARS + 1)), 422, "invalid_request",

@@ -12,7 +12,6 @@ queue and scored in micro-batches (:class:`~gensr.serve.batcher.MicroBatcher`). 
 """
 
 
-import functools
 import hmac
 import logging
 from collections.abc import Callable
@@ -30,7 +29,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover - depends on the environment
     from gensr.serve.errors import ServeDependencyError
@@ -38,6 +37,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ServeDependencyError(
         f"the HTTP service needs the [serve] extra ({err.name} is missing): "
         "pip install 'gensr[serve]'") from err
+
+from gensr.serve.bodies import field_name, full_bodies, rank_body, wording  # noqa: E402
 
 log = logging.getLogger("gensr.serve")
 API_KEY_HEADER = "X-API-Key"
@@ -108,67 +109,6 @@ class HealthResponse(BaseModel):
     refused: int
 
 
-@functools.cache
-def _history_entry_model(max_query_chars: int) -> type[BaseModel]:
-    """The schema of one history entry (every request body's ``history`` list): one class
-    per query-length limit, so that every route of an app shares it."""
-
-    class HistoryEntry(BaseModel):
-        """One past interaction, oldest first in the list."""
-
-        model_config = ConfigDict(extra="forbid", strict=True)
-        item: str = Field(max_length=256, description="Original item id (orig_id).")
-        behaviour: Literal["rec", "src"] = Field(
-            "rec", description="rec = recommended/consumed, src = clicked from a search.")
-        query: str | None = Field(None, min_length=1, max_length=max_query_chars,
-                                  description="The search query (src interactions only).")
-
-    return HistoryEntry
-
-
-def _request_model(ranker: Ranker) -> type[BaseModel]:
-    """The request body schema, with this service's limits and catalogue examples."""
-    lim = ranker.limits
-    HistoryEntry = _history_entry_model(lim.max_query_chars)
-
-    items = ranker.example_items(5)
-    queries = ranker.data.query_text[1:2]
-    example: dict[str, Any] = {
-        "history": [{"item": items[0], "behaviour": "rec"}]
-        + ([{"item": items[1], "behaviour": "src", "query": queries[0]}] if queries else []),
-        "candidates": items[2:5] or items[:1],
-        "top_k": 2,
-    }
-    if "src" in ranker.tasks and queries:
-        example["query"] = queries[0]
-    elif "rec" not in ranker.tasks:  # pragma: no cover - a search model without queries
-        example["query"] = "example query"
-
-    class RankBody(BaseModel):
-        """A ranking request: search when ``query`` is given, else recommendation."""
-
-        model_config = ConfigDict(extra="forbid", strict=True,
-                                  json_schema_extra={"examples": [example]})
-        history: list[HistoryEntry] = Field(
-            default_factory=list, max_length=lim.max_history,
-            description=f"The user's interactions, oldest first; the last "
-                        f"{ranker.max_his_len} are used.")
-        candidates: list[str] = Field(
-            min_length=1, max_length=lim.max_candidates,
-            json_schema_extra={"uniqueItems": True},
-            description="Original item ids to rank, each once.")
-        query: str | None = Field(None, min_length=1, max_length=lim.max_query_chars,
-                                  description="Search query text; leave out to recommend.")
-        top_k: int | None = Field(None, ge=1, description="Return only the best k.")
-        user: str | None = Field(
-            None, min_length=1, max_length=256,
-            description="Original user id. Required by models that read user ids "
-                        f"({'this one does' if ranker.model.reads_user_ids else 'not this one'}"
-                        "); ignored by the others.")
-
-    return RankBody
-
-
 # --- the app -------------------------------------------------------------------------------
 def _error(status: int, code: str, message: str, details: list[dict] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
@@ -181,35 +121,6 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  415: "unsupported_media_type"}
 
 
-def _field(loc: tuple | list) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
-    return out or "body"
-
-
-def _message(error: dict[str, Any], where: str) -> str:
-    """A clearer wording of pydantic's messages for the cases users meet most."""
-    kind = error.get("type", "")
-    ctx = error.get("ctx") or {}
-    if where == "body" and kind == "missing":
-        return "the request body is missing: send a JSON object"
-    if where == "body" and kind in ("model_attributes_type", "model_type", "dict_type"):
-        return "the request body must be a JSON object"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required"
-    if where == "candidates" and kind == "too_short":
-        return "empty: give at least one item to rank"
-    if where == "candidates" and kind == "too_long":
-        return f"too many candidates (at most {ctx.get('max_length')})"
-    if kind == "string_too_long":
-        return f"too long (at most {ctx.get('max_length')} characters)"
-    return str(error.get("msg", "invalid"))
-
-
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -218,12 +129,13 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
         return _error(400, "invalid_json", f"the request body is not valid JSON ({reason})")
     details = []
     for e in errors:
-        where = _field(e.get("loc", ()))
-        details.append({"field": where, "message": _message(e, where)})
+        where = field_name(e.get("loc", ()))
+        details.append({"field": where, "message": wording(e, where)})
     first = details[0]
     more = f" (+{len(details) - 1} more)" if len(details) > 1 else ""
     text = first["message"] if first["field"] == "body" else (
-        f"{first['field']}: {first['message']}")
+        f"{first['field']}{' ' if first['message'].startswith('is ') else ': '}"
+        f"{first['message']}")
     return _error(422, "invalid_request", text + more, details)
 
 
@@ -325,7 +237,7 @@ def create_app(ranker: Ranker, settings: ServeSettings | None = None,
     connections = connections if connections is not None else ConnectionStats()
     batcher = MicroBatcher(ranker.rank_prepared, max_batch=settings.max_batch,
                            window_ms=settings.window_ms, max_queue=settings.max_queue)
-    RankBody = _request_model(ranker)  # noqa: N806 - a class
+    RankBody = rank_body(ranker)  # noqa: N806 - a class
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -494,62 +406,6 @@ class FullResponse(BaseModel):
     timings_ms: FullTimings
 
 
-def _full_request_models(ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The bodies of /v1/recommend and /v1/search, with this service's limits."""
-    from gensr.serve.full import DEFAULT_TOP_K
-
-    lim = ranker.limits
-    rec_names = ranker.retrievers.names("rec")
-    src_names = ranker.retrievers.names("src")
-
-    FullHistoryEntry = _history_entry_model(lim.max_query_chars)
-
-    items = ranker.example_items(2)
-    users = [u for u in ranker.data.user_orig_id[1:2] if u]
-    queries = ranker.data.query_text[1:2]
-    rec_example: dict[str, Any] = {"history": [{"item": i} for i in items], "top_k": 5}
-    if users:
-        rec_example["user"] = users[0]
-    src_example = {**rec_example, "query": queries[0] if queries else "example query"}
-
-    def fields(names: list[str]) -> dict[str, Any]:
-        return dict(
-            history=(list[FullHistoryEntry], Field(
-                default_factory=list, max_length=lim.max_history,
-                description="The user's interactions, oldest first; the retriever and the "
-                            "reranker each read their own number of the most recent.")),
-            user=(str | None, Field(
-                None, min_length=1, max_length=256,
-                description="Original user id: needed by models/retrievers that read user "
-                            "ids; lightgcn uses the user's vector when given, else the "
-                            "history's mean item vector.")),
-            top_k=(int, Field(DEFAULT_TOP_K, ge=1, le=lim.max_candidates,
-                              description="Items to return (<= rerank_n).")),
-            rerank_n=(int | None, Field(
-                None, ge=1, le=lim.max_candidates,
-                description=f"Items to retrieve and rerank (default {ranker.rerank_n}).")),
-            retriever=(str | None, Field(
-                None, min_length=1, max_length=256,
-                description=f"Retriever name (default: the first of {names or 'none'}).")),
-            keep_consumed=(bool, Field(
-                False, description="Keep the history's items eligible (default: excluded).")),
-        )
-
-    from pydantic import create_model
-
-    recommend = create_model(
-        "RecommendBody", __config__=ConfigDict(extra="forbid", strict=True,
-                                               json_schema_extra={"examples": [rec_example]}),
-        **fields(rec_names))
-    search = create_model(
-        "SearchBody", __config__=ConfigDict(extra="forbid", strict=True,
-                                            json_schema_extra={"examples": [src_example]}),
-        query=(str, Field(min_length=1, max_length=lim.max_query_chars,
-                          description="Search query text.")),
-        **fields(src_names))
-    return recommend, search
-
-
 def add_full_catalogue_routes(app: FastAPI, ranker: Ranker, batcher: MicroBatcher,
                               guard: list, errors: dict[int | str, dict[str, Any]]) -> None:
     """Add ``POST /v1/recommend`` and ``POST /v1/search`` to ``app`` (builds the ranker's
@@ -558,7 +414,7 @@ def add_full_catalogue_routes(app: FastAPI, ranker: Ranker, batcher: MicroBatche
 
     from gensr.serve.full import FullRequest
 
-    RecommendBody, SearchBody = _full_request_models(ranker)  # noqa: N806 - classes
+    RecommendBody, SearchBody = full_bodies(ranker)  # noqa: N806 - classes
 
     async def answer(body: Any, query: str | None, started: float) -> dict[str, Any]:
         request = FullRequest(

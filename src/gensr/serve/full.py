@@ -228,9 +228,7 @@ class CatalogueRanker:
         if rerank_n > limit:
             raise RequestError(f"rerank_n too large: {rerank_n} > {limit} (the limit, "
                                "max_candidates)", field="rerank_n")
-        if top_k > rerank_n:
-            raise RequestError(f"top_k ({top_k}) exceeds rerank_n ({rerank_n}): only the "
-                               "retrieved items are ranked", field="top_k")
+        # top_k > rerank_n is no error: only the retrieved items are ranked, all are returned
         if not isinstance(request.keep_consumed, bool):
             raise RequestError(f"keep_consumed must be true or false, got "
                                f"{request.keep_consumed!r}", field="keep_consumed")
