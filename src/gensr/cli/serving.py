@@ -214,6 +214,11 @@ def serve_cmd(
         raise ConfigError(f"--retrieve-threads must be auto, all or a number >= 1, got "
                           f"{retrieve_threads!r}")
 
+    from gensr.runs import unfinished_warning
+
+    unfinished = unfinished_warning(run_dir)  # served, but never without a word
+    if unfinished:
+        console.print(unfinished, highlight=False, soft_wrap=True)
     serve(run_dir, host=host, port=port, api_key=resolve_api_key(api_key, api_key_file),
           insecure=insecure, data=data, device=device,
           limits=Limits(max_candidates=max_candidates, max_query_chars=max_query_chars),
