@@ -424,7 +424,8 @@ def test_real_minilm_bert2bert_scores_a_batch(tiny_data, tmp_path, monkeypatch):
     batch = _eval_batch(tiny_data, n=2, c=4)
     with torch.no_grad():
         scores = model.score(batch)
-    assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+    p_yes = torch.sigmoid(scores)  # scores are log-odds of "Yes"
+    assert torch.isfinite(scores).all() and ((p_yes >= 0) & (p_yes <= 1)).all()
     out = model.loss(_train_batch(tiny_data, n=2, k=1))
     assert torch.isfinite(out.loss)
     with torch.no_grad():
@@ -441,7 +442,8 @@ def test_real_smollm2_scores_a_batch(tiny_data):
     batch = _eval_batch(tiny_data, n=2, c=2)
     with torch.no_grad():
         scores = model.score(batch)
-    assert torch.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+    p_yes = torch.sigmoid(scores)  # scores are log-odds of "Yes"
+    assert torch.isfinite(scores).all() and ((p_yes >= 0) & (p_yes <= 1)).all()
 
 
 def test_a_run_without_its_backbone_card_is_refused(tiny_data, tmp_path, monkeypatch):
