@@ -40,3 +40,36 @@ def _fast_path_option():
     return typer.Option(True, "--fast-path/--no-fast-path", help="GenSR's speed levers (fused T5 "
                         "pass and length buckets on every device, larger chunks on CUDA; "
                         "docs/speed.md); --no-fast-path runs the original path.")
+
+
+def _fuse_option(evaluate: bool = False):
+    """``--fuse`` of the full-catalogue commands."""
+    if evaluate:
+        return typer.Option(None, "--fuse", help="With --retriever: also rank by the fused "
+                            "score z(model) + W · z(retriever): a weight W >= 0, or auto (the "
+                            "best of 0, 0.25 … 4 on 1,000 valid instances, per retriever).")
+    return typer.Option(None, "--fuse", help="Full catalogue: rank by the fused score "
+                        "z(model) + W · z(retriever): W for every retriever, or NAME=W "
+                        "(repeatable); the weight `gensr evaluate --fuse auto` chose.")
+
+
+def _parse_fuse(values: list[str] | None) -> float | dict[str, float] | None:
+    """``--fuse W`` or ``--fuse NAME=W`` (repeatable) -> a weight, or name -> weight."""
+    from gensr.errors import ConfigError
+    from gensr.eval.runner import parse_fuse
+
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        weight = parse_fuse(values[0])
+        if not isinstance(weight, float):
+            raise ConfigError("--fuse takes a weight here (auto is for gensr evaluate)")
+        return weight
+    out: dict[str, float] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        weight = parse_fuse(text) if sep and name.strip() else None
+        if not isinstance(weight, float):
+            raise ConfigError(f"--fuse expects W or NAME=W, got {value!r}")
+        out[name.strip()] = weight
+    return out

@@ -9,6 +9,7 @@ import typer
 
 from gensr.cli.common import (
     _fast_path_option,
+    _fuse_option,
     _precision_option,
     app,
     console,
@@ -78,7 +79,9 @@ def evaluate_cmd(
     precision: str = _precision_option(),
     fast_path: bool = _fast_path_option(),
     candidates: str = typer.Option("uniform", "--candidates", help="Candidate strategy: "
-                                   "uniform | bm25-hard | popular (`gensr data candidates`)."),
+                                   "uniform | bm25-hard | popular | dense-hard (`gensr data "
+                                   "candidates`)."),
+    fuse: str | None = _fuse_option(evaluate=True),
 ) -> None:
     """Evaluate a trained run or a reference scorer on the stored candidates (or, with
     --full, on the whole catalogue)."""
@@ -88,7 +91,7 @@ def evaluate_cmd(
                  batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
                  device=device, console=console, precision=precision, fast_path=fast_path,
                  candidates=candidates, retrievers=retriever or None, rerank_n=rerank_n,
-                 index=index)
+                 index=index, fuse=fuse)
 
 
 # --- comparison --------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from rich.table import Table
 
 from gensr.cli.common import (
     _fast_path_option,
+    _fuse_option,
+    _parse_fuse,
     _precision_option,
     app,
     console,
@@ -46,6 +48,7 @@ def rank_cmd(
     keep_consumed: bool = typer.Option(False, "--keep-consumed", help="With --full: the "
                                        "history's items may be recommended again."),
     index: str = typer.Option("exact", help="With --full: exact | hnsw (dense retrievers)."),
+    fuse: list[str] | None = _fuse_option(),
 ) -> None:
     """Rank candidates for one user history (original item ids) and print the ranking; with
     --full, the whole catalogue (retrieve, then rerank)."""
@@ -59,9 +62,10 @@ def rank_cmd(
         _rank_full(run_dir, history=history, candidates=candidates, query=query, top_k=top_k,
                    user=user, request=request, data=data, device=device, as_json=as_json,
                    precision=precision, fast_path=fast_path, retrievers=retriever,
-                   rerank_n=rerank_n, keep_consumed=keep_consumed, index=index)
+                   rerank_n=rerank_n, keep_consumed=keep_consumed, index=index,
+                   fuse=_parse_fuse(fuse))
         return
-    if retriever or keep_consumed:
+    if retriever or keep_consumed or fuse:
         raise ConfigError("--retriever and --keep-consumed rank the whole catalogue: add "
                           "--full")
     if request is not None:
@@ -102,7 +106,7 @@ def rank_cmd(
 
 def _rank_full(run_dir: Path, *, history, candidates, query, top_k, user, request, data,
                device, as_json, precision, fast_path, retrievers, rerank_n, keep_consumed,
-               index) -> None:
+               index, fuse=None) -> None:
     """``gensr rank --full``: one full-catalogue ranking, printed."""
     import json
 
@@ -123,7 +127,7 @@ def _rank_full(run_dir: Path, *, history, candidates, query, top_k, user, reques
                           top_k=top_k or 10, rerank_n=rerank_n, keep_consumed=keep_consumed)
     ranker = Ranker.from_run(run_dir, data=data, device=device, precision=precision,
                              fast_path=fast_path, retrievers=retrievers or None,
-                             rerank_n=rerank_n, index=index)
+                             rerank_n=rerank_n, index=index, fuse=fuse)
     (ranking,) = ranker.rank_full_many([req])
     if as_json:
         print(json.dumps({"model": ranker.model_name, **ranking.to_dict()}, indent=2))
@@ -197,6 +201,7 @@ def serve_cmd(
         "auto", "--retrieve-threads", help="torch CPU threads of the retrieval stage: auto (1 "
         "for catalogues up to 100,000 items, else the process's), all (the process's) or a "
         "number."),
+    fuse: list[str] | None = _fuse_option(),
 ) -> None:
     """Serve a run over HTTP: POST /v1/rank, /v1/recommend, /v1/search, GET /v1/model,
     /healthz, /metrics (see docs/serving.md)."""
@@ -227,4 +232,5 @@ def serve_cmd(
           max_connections=max_connections, idle_timeout=idle_timeout,
           read_timeout=read_timeout, threads=threads, log_level=log_level,
           precision=precision, fast_path=fast_path, retrievers=retriever or None,
-          rerank_n=rerank_n, index=index, retrieve_threads=threads_of_retrieval)
+          rerank_n=rerank_n, index=index, retrieve_threads=threads_of_retrieval,
+          fuse=_parse_fuse(fuse))

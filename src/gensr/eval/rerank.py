@@ -272,7 +272,7 @@ def evaluate_rerank(
         t1 = time.perf_counter()
         seconds["retrieve"] += t1 - t0
         _collect(parts["retriever"], cutoff_metrics(got, target, ks), rbatch.task)
-        reranked = scored = None
+        reranked = scored = fused_scores = None
         if model is not None:
             mbatch = table.make_batch(data, idx, model_len).to(device)
             scored, weight = rerank_candidates(got, target)
@@ -285,10 +285,12 @@ def evaluate_rerank(
                 metrics = _metrics(fused, scored.items[:, :width], target, ks)
                 _collect(parts[f"fused:{w}"], {k: v * weight for k, v in metrics.items()},
                          mbatch.task)
+                fused_scores = fused if len(fuse) == 1 else None
             reranked = scores
             seconds["rerank"] += time.perf_counter() - t1
         if rankings_out is not None:
-            saved.extend(_ranking_rows(table, idx, targets, got, reranked, scored))
+            saved.extend(_ranking_rows(table, idx, targets, got, reranked, scored,
+                                       fused_scores))
     if model is not None and was_training:
         model.train()
     if rankings_out is not None:
@@ -328,7 +330,8 @@ def _summary(per_task: dict[str, dict[str, list[torch.Tensor]]], ks: tuple[int, 
 
 def _ranking_rows(table: InstanceTable, idx: np.ndarray, targets: np.ndarray,
                   got: Retrieved, reranked: torch.Tensor | None,
-                  scored: Retrieved | None = None) -> list[dict]:
+                  scored: Retrieved | None = None,
+                  fused: torch.Tensor | None = None) -> list[dict]:
     items = got.items.cpu().numpy()
     ranked = items if scored is None else scored.items.cpu().numpy()
     rscores = got.scores.cpu().numpy()
@@ -349,6 +352,11 @@ def _ranking_rows(table: InstanceTable, idx: np.ndarray, targets: np.ndarray,
             order = np.argsort(-s[ok], kind="stable")
             row["ranking"] = cand[ok][order].tolist()
             row["scores"] = s[ok][order].astype(np.float32).tolist()
+            if fused is not None:  # one fusion weight: its order too
+                f = fused[j].cpu().numpy()[ok]
+                order = np.argsort(-f, kind="stable")
+                row["fused_ranking"] = cand[ok][order].tolist()
+                row["fused_scores"] = f[order].astype(np.float32).tolist()
         rows.append(row)
     return rows
 
@@ -362,4 +370,7 @@ def write_rankings(rows: list[dict], path: str | Path) -> None:
               "retrieval_scores": pl.List(pl.Float32)}
     if rows and "ranking" in rows[0]:
         schema.update({"ranking": pl.List(pl.Int64), "scores": pl.List(pl.Float32)})
+    if rows and "fused_ranking" in rows[0]:
+        schema.update({"fused_ranking": pl.List(pl.Int64),
+                       "fused_scores": pl.List(pl.Float32)})
     pl.DataFrame(rows, schema=schema).write_parquet(path)

@@ -39,6 +39,7 @@ def evaluate_run(
     retrievers: list[str] | None = None,
     rerank_n: int = 100,
     index: str = "exact",
+    fuse: str | float | None = None,
 ) -> dict:
     """Evaluate and print; a run's metrics go to ``RUN_DIR/metrics_{split}.json``
     (``metrics_{split}.{candidates}.json`` for a candidate strategy other than uniform).
@@ -46,7 +47,9 @@ def evaluate_run(
     ``precision``/``fast_path``: how GenSR scores (:func:`gensr.runs.prepare_inference`;
     auto = bf16 on CUDA, fp32 on CPU; the fast path everywhere).
     ``retrievers`` (with ``full``): full-catalogue ranking by retrieving ``rerank_n`` items
-    with each retriever spec and reranking them with the model (:func:`evaluate_retrievers`).
+    with each retriever spec and reranking them with the model (:func:`evaluate_retrievers`);
+    ``fuse`` (``"auto"`` or a weight) also reports the fused score of the reranker and the
+    retriever.
     """
     console = console or Console()
     check_strategy(candidates)
@@ -63,6 +66,10 @@ def evaluate_run(
         raise ConfigError("--retriever ranks the whole catalogue: add --full")
     if retrievers and rerank_n < 1:
         raise ConfigError(f"--rerank-n must be >= 1, got {rerank_n}")
+    if fuse is not None and not retrievers:
+        raise ConfigError("--fuse fuses a retriever's score with the reranker's: add "
+                          "--full --retriever SPEC")
+    fuse = parse_fuse(fuse)
     if run_dir is not None:
         net, dataset = load_run(run_dir, data, device)
         unfinished = unfinished_warning(run_dir)  # evaluated, but never without a word
@@ -91,7 +98,7 @@ def evaluate_run(
             net, dataset, run_dir=run_dir, split=split, full=full, ties=ties,
             batch_size=batch_size, max_instances=max_instances, save_scores=save_scores,
             console=console, candidates=candidates, retrievers=retrievers, rerank_n=rerank_n,
-            index=index, shard=shard, used=used, fast_path=fast_path)
+            index=index, shard=shard, used=used, fast_path=fast_path, fuse=fuse)
 
 
 @contextmanager
@@ -118,15 +125,28 @@ def _outputs_on_full_disk(run_dir: Path | None, save_scores: Path | None) -> Ite
         yield
 
 
+def parse_fuse(value: str | float | None) -> str | float | None:
+    """``--fuse``: ``auto`` (the weight chosen on validation), a weight >= 0, or None."""
+    if value is None or value == "auto":
+        return value
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--fuse must be auto or a weight >= 0, got {value!r}") from None
+    if not weight >= 0 or weight == float("inf"):
+        raise ConfigError(f"--fuse must be auto or a finite weight >= 0, got {value!r}")
+    return weight
+
+
 def _evaluate_and_write(net, dataset, *, run_dir, split, full, ties, batch_size, max_instances,
                         save_scores, console, candidates, retrievers, rerank_n, index, shard,
-                        used, fast_path) -> dict:
+                        used, fast_path, fuse=None) -> dict:
     """:func:`evaluate_run` once the model and data are loaded and checked."""
     if retrievers:
         return evaluate_retrievers(net, dataset, retrievers, split=split, n=rerank_n,
                                    run_dir=run_dir, batch_size=batch_size,
                                    max_instances=max_instances, rankings_out=save_scores,
-                                   index=index, console=console)
+                                   index=index, console=console, fuse=fuse)
     if full:
         if not net.supports_full_ranking:
             raise ConfigError(f"{net.name} cannot score every item: rank the whole catalogue "
@@ -170,13 +190,22 @@ def evaluate_retrievers(
     rankings_out: Path | None = None,
     index: str = "exact",
     console: Console | None = None,
+    fuse: str | float | None = None,
 ) -> dict:
     """Full-catalogue metrics of each retriever alone and of ``net`` reranking its top ``n``,
     one table (columns ``R@n`` and ``net ∘ R@n``; the row R@n is the rerank's ceiling). A
     run's results go to ``RUN_DIR/metrics_{split}_rerank.json``; ``rankings_out`` writes the
     retrieved items and reranked order of every instance (one Parquet file per retriever
-    when there are several: ``NAME.RETRIEVER.parquet``)."""
-    from gensr.eval.rerank import evaluate_rerank, rerank_ks
+    when there are several: ``NAME.RETRIEVER.parquet``). ``fuse``: also the fused score
+    (:func:`gensr.eval.rerank.fuse_scores`) with this weight, or with ``"auto"`` the weight
+    of :data:`~gensr.eval.rerank.FUSION_GRID` that is best (mean N@10) on 1,000 valid
+    instances, per retriever (``--fuse W`` then serves the same ranking)."""
+    from gensr.eval.rerank import (
+        FUSION_GRID,
+        choose_fusion_weight,
+        evaluate_rerank,
+        rerank_ks,
+    )
     from gensr.retrieve import build_retriever
 
     console = console or Console()
@@ -191,14 +220,30 @@ def evaluate_retrievers(
         out = rankings_out
         if out is not None and len(specs) > 1:
             out = Path(out).with_suffix(f".{retriever.name}{Path(out).suffix or '.parquet'}")
+        weight, tried = fuse, None
+        if fuse == "auto":
+            valid = evaluate_rerank(net, retriever, dataset, "valid", n=n,
+                                    batch_size=batch_size, max_instances=1000,
+                                    fuse=FUSION_GRID, progress=False)
+            weight = choose_fusion_weight(valid)
+            tried = {str(w): {t: m["N@10"] for t, m in rows.items()}
+                     for w, rows in valid.fused.items()}
+            console.print(f"{retriever.name}: fusion weight {weight:g} (best mean N@10 on "
+                          f"{valid.instances:,} valid instances of {list(FUSION_GRID)})")
         result = evaluate_rerank(net, retriever, dataset, split, n=n, batch_size=batch_size,
-                                 max_instances=max_instances, rankings_out=out)
+                                 max_instances=max_instances, rankings_out=out,
+                                 fuse=() if weight is None else (float(weight),))
         results[f"{retriever.name}@{n}"] = result.retriever
         results[f"{net.name} ∘ {retriever.name}@{n}"] = result.rerank or {}
         report[retriever.name] = {"retriever": retriever.describe(), "n": n,
                                   "instances": result.instances, "seconds": result.seconds,
                                   "retriever_metrics": result.retriever,
                                   "rerank_metrics": result.rerank}
+        if weight is not None:
+            fused = result.fused[float(weight)]
+            results[f"{net.name} ∘ {retriever.name}@{n} fused (w {float(weight):g})"] = fused
+            report[retriever.name].update(fuse_weight=float(weight), fused_metrics=fused,
+                                          **({"fuse_valid_N@10": tried} if tried else {}))
         console.print(f"{retriever.name}: {result.instances:,} instances, retrieve "
                       f"{result.seconds['retrieve']:.1f}s, rerank {result.seconds['rerank']:.1f}s"
                       + (f" -> {out}" if out is not None else ""))

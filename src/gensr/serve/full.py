@@ -125,17 +125,22 @@ class CatalogueRanker:
 
     def __init__(self, ranker: HeldRanker, retrievers: Any = None,
                  rerank_n: int = DEFAULT_RERANK_N, index: str = "exact",
-                 retrieve_threads: int | str | None = "auto") -> None:
+                 retrieve_threads: int | str | None = "auto",
+                 fuse: float | Mapping[str, float] | None = None) -> None:
         """``retrievers``: retriever specs (see :mod:`gensr.retrieve.specs`), built
         retrievers or a ``RetrieverSet`` (None: the defaults, built on first use);
         ``rerank_n`` the items a request retrieves unless it says; ``index`` ``exact`` or
         ``hnsw`` for dense retrievers; ``retrieve_threads`` torch's intra-op threads for the
         retrieval stage on CPU (``"auto"``: 1 for catalogues up to :data:`SMALL_CATALOGUE`
-        items, else the process's; None: the process's)."""
+        items, else the process's; None: the process's); ``fuse``: rank by the fused score
+        :func:`gensr.eval.rerank.fuse_scores` with this weight of the retriever's score
+        (one weight for every retriever, or retriever name -> weight; None: the model's
+        scores alone), as ``gensr evaluate --full --retriever … --fuse W`` does."""
         from gensr.retrieve import RetrieverSet
 
         self.ranker = ranker
         self.rerank_n = int(rerank_n)
+        self.fuse = fuse
         self.index_kind = index
         if retrieve_threads == "auto":
             retrieve_threads = 1 if ranker.data.n_items <= SMALL_CATALOGUE else None
@@ -183,7 +188,15 @@ class CatalogueRanker:
         if self._retriever_set is None:
             return {}
         return {"retrievers": self._retriever_set.describe(), "rerank_n": self.rerank_n,
-                "retrieve_threads": self.retrieve_threads}
+                "retrieve_threads": self.retrieve_threads,
+                **({"fuse": self.fuse} if self.fuse is not None else {})}
+
+    def fusion_weight(self, retriever_name: str) -> float | None:
+        """The weight of the retriever's score in the fused ranking (None: not fused)."""
+        if self.fuse is None or isinstance(self.fuse, (int, float)):
+            return None if self.fuse is None else float(self.fuse)
+        weight = self.fuse.get(retriever_name)
+        return None if weight is None else float(weight)
 
     # --- the Python API ------------------------------------------------------------------
     def recommend(self, history: Sequence[Any] = (), *, user: str | None = None,
@@ -303,7 +316,7 @@ class CatalogueRanker:
         return model_q, ret_q, model_h, ret_h
 
     def _score(self, prepared: Sequence[PreparedFullRequest]) -> list[FullRanking]:
-        from gensr.eval.rerank import rerank_batch
+        from gensr.eval.rerank import fuse_scores, rerank_batch
         from gensr.retrieve import Exclusion
 
         model = self.ranker.model
@@ -320,7 +333,13 @@ class CatalogueRanker:
             items = got.items.cpu()
             t1 = time.perf_counter()
             mbatch = _batch(prepared, model_q, model_h, self.ranker.max_his_len)
-            scores = rerank_batch(model, mbatch.to(model.device), got).cpu().numpy()
+            reranked = rerank_batch(model, mbatch.to(model.device), got)
+            weight = self.fusion_weight(retriever.name)
+            if weight is not None:  # the retriever's score fused in (evaluate's --fuse)
+                width = reranked.shape[1]
+                reranked = fuse_scores(reranked, got.scores[:, :width].to(reranked.device),
+                                       weight)
+            scores = reranked.cpu().numpy()
         ids = items[:, :scores.shape[1]].numpy()
         ranked = []
         for row, p in enumerate(prepared):

@@ -77,7 +77,8 @@ class Ranker:
                  run_dir: str | Path | None = None, batch_size: int = 64,
                  precision: str = "auto", fast_path: bool = True,
                  retrievers: Any = None, rerank_n: int = DEFAULT_RERANK_N,
-                 index: str = "exact", retrieve_threads: int | str | None = "auto") -> None:
+                 index: str = "exact", retrieve_threads: int | str | None = "auto",
+                 fuse: Any = None) -> None:
         """``precision``/``fast_path``: how GenSR scores (auto: bf16 and the fast path on
         CUDA, fp32 and the original path on CPU; see :func:`gensr.runs.prepare_inference`).
         ``retrievers``: retriever specs (``["lightgcn", "bm25"]``, see
@@ -87,7 +88,8 @@ class Ranker:
         ``hnsw`` for dense retrievers; ``retrieve_threads`` torch's intra-op threads for the
         retrieval stage on CPU (``"auto"``: 1 for catalogues up to
         :data:`~gensr.serve.full.SMALL_CATALOGUE` items, else the process's; None: the
-        process's)."""
+        process's); ``fuse`` the full-catalogue fusion weight(s) of the retrievers' scores
+        (:class:`~gensr.serve.full.CatalogueRanker`)."""
         from gensr.runs import prepare_inference
 
         if model.data_fingerprint != data.fingerprint:
@@ -103,7 +105,8 @@ class Ranker:
         self.reader = RequestReader(self.model, data, self.limits)
         self.item_index: dict[str, int] = self.reader.item_index
         self.lock = threading.RLock()
-        self.catalogue = CatalogueRanker(self, retrievers, rerank_n, index, retrieve_threads)
+        self.catalogue = CatalogueRanker(self, retrievers, rerank_n, index, retrieve_threads,
+                                         fuse)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, data: SRData | str | Path | None = None,
@@ -111,14 +114,15 @@ class Ranker:
                  batch_size: int = 64, precision: str = "auto",
                  fast_path: bool = True, retrievers: Any = None,
                  rerank_n: int = DEFAULT_RERANK_N, index: str = "exact",
-                 retrieve_threads: int | str | None = "auto") -> Ranker:
+                 retrieve_threads: int | str | None = "auto", fuse: Any = None) -> Ranker:
         """Load ``RUN_DIR``'s model (GenSR or any baseline) and its data (``run.json``)."""
         from gensr.runs import load_run
 
         model, dataset = load_run(run_dir, data, device)
         return cls(model, dataset, limits=limits, run_dir=run_dir, batch_size=batch_size,
                    precision=precision, fast_path=fast_path, retrievers=retrievers,
-                   rerank_n=rerank_n, index=index, retrieve_threads=retrieve_threads)
+                   rerank_n=rerank_n, index=index, retrieve_threads=retrieve_threads,
+                   fuse=fuse)
 
     # --- facts --------------------------------------------------------------------------
     @property

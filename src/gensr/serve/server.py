@@ -170,6 +170,7 @@ def serve(
     rerank_n: int = 100,
     index: str = "exact",
     retrieve_threads: int | str | None = "auto",
+    fuse: float | dict[str, float] | None = None,
 ) -> None:
     """Serve ``run_dir``'s model on ``host:port`` until SIGINT/SIGTERM.
 
@@ -181,8 +182,9 @@ def serve(
     ``max_connections``, ``idle_timeout`` and ``read_timeout`` (seconds) bound what clients
     may hold: see :mod:`gensr.serve.protocol` and docs/serving.md.
     ``retrievers`` (specs; None: lightgcn from the run's CF table for recommendation, bm25
-    for search), ``rerank_n``, ``index`` and ``retrieve_threads``: the full-catalogue routes
-    ``/v1/recommend`` and ``/v1/search`` (:mod:`gensr.serve.full`).
+    for search), ``rerank_n``, ``index``, ``retrieve_threads`` and ``fuse`` (the weight of
+    the retriever's score in a fused ranking): the full-catalogue routes ``/v1/recommend``
+    and ``/v1/search`` (:mod:`gensr.serve.full`).
     """
     for name, value in (("idle_timeout", idle_timeout), ("read_timeout", read_timeout)):
         if not value > 0:
@@ -207,7 +209,7 @@ def serve(
     ranker = Ranker.from_run(run_dir, data=data, device=device, limits=limits,
                              batch_size=max_batch, precision=precision, fast_path=fast_path,
                              retrievers=retrievers, rerank_n=rerank_n, index=index,
-                             retrieve_threads=retrieve_threads)
+                             retrieve_threads=retrieve_threads, fuse=fuse)
     settings = ServeSettings(api_key=api_key or None, max_batch=max_batch, window_ms=window_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes,
                              max_concurrency=max_concurrency, max_connections=max_connections,
