@@ -212,3 +212,20 @@ def test_disc_trains_and_beats_random(tmp_path, tiny_data, tiny_cf_path):
     test = _train_and_test(model, tiny_data, tmp_path / "run", 150)
     # about 0.26 (rec) and 0.29 (search) R@10 after 150 steps; random: 0.10
     assert test["rec"]["R@10"] > 0.18 and test["src"]["R@10"] > 0.18, test
+
+
+def test_unisar_positions_start_at_the_official_scale(tiny_data):
+    """The official UniSAR initialises its learned positions like its item and query vectors
+    (xavier normal); torch's default N(0, 1) made them ten times larger than the rest
+    (benchmarks/results/reference_check.md)."""
+    import torch
+
+    from gensr.models.baselines.unisar import Encoder, UniSAR, UniSARConfig
+
+    torch.manual_seed(0)
+    model = UniSAR(UniSARConfig(max_his_len=10), tiny_data)
+    encoders = [m for m in model.modules() if isinstance(m, Encoder)]
+    assert len(encoders) == 3
+    for encoder in encoders:
+        std = float(encoder.position.weight.detach().std())
+        assert 0.05 < std < 0.4, std

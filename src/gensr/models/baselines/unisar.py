@@ -388,6 +388,12 @@ class UniSAR(WordVocabularyArtifacts, SRModel):
                     with torch.no_grad():
                         emb.weight[emb.padding_idx].zero_()
         nn.init.xavier_normal_(self.rec_query)
+        # the learned positions of every encoder and decoder, as the official code initialises
+        # them (xavier normal; left at torch's N(0, 1) they outweighed the item and query
+        # vectors tenfold: benchmarks/results/reference_check.md)
+        for module in self.modules():
+            if isinstance(module, (Encoder, Decoder)) and hasattr(module, "position"):
+                nn.init.xavier_normal_(module.position.weight)
 
     # --- inputs ----------------------------------------------------------------------------
     def _mean_words(self, ids: torch.Tensor) -> torch.Tensor:
