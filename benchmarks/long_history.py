@@ -1,6 +1,7 @@
 """The long-history lever ablation of GenSR (the long-history issue), on ``data/longsyn``.
 
-    python benchmarks/long_history.py
+    python benchmarks/long_history.py                 # trains what is missing
+    python benchmarks/long_history.py --stored-only   # only the finished runs on disk
 
 Every row is a ``gensr compare`` column of ``configs/verdict_cpu.yaml`` on the long-history
 synthetic data (1,500 users with 60-140 events each), trained (or reused) in
@@ -48,12 +49,11 @@ PROTOCOLS = ("uniform", "dense-hard")
 SHOWN = ("R@10", "N@10")
 
 
-def run(protocol: str) -> dict:
-    from gensr.compare import compare
+def run(protocol: str, stored_only: bool) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from verdict import run_compare
 
-    return compare(ROOT / "data" / DATASET, ",".join(ROWS), ROOT / "runs" / f"verdict_{DATASET}",
-                   config_path=CONFIG, cf_path=ROOT / "data" / f"{DATASET}_cf" / "cf.safetensors",
-                   candidates=protocol, progress=False, device="cpu", log=print)
+    return run_compare(DATASET, protocol, tuple(ROWS), progress=False, stored_only=stored_only)
 
 
 def per_seed_values(report: dict, name: str, task: str, metric: str) -> np.ndarray:
@@ -92,23 +92,31 @@ def change(report: dict, name: str, base: str, task: str, metric: str = "N@10") 
     return {"diff": r.diff, "p": r.p_value, "test": "paired t-test (one seed)"}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stored-only", action="store_true",
+                    help="train nothing: each row's seeds are its finished runs on disk")
+    args = ap.parse_args(argv)
     result: dict = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "config": str(CONFIG.relative_to(ROOT)), "data": DATASET, "protocols": {}}
     for protocol in PROTOCOLS:
-        report = run(protocol)
+        report = run(protocol, args.stored_only)
         rows = {}
         for name, (about, base) in ROWS.items():
             entry = report["models"].get(name)
             if entry is None:
                 continue
+            while base is not None and base not in report["models"]:
+                base = ROWS[base][1]  # a row not run: compare with the row it changes
             runs = entry["runs"]
             row = {"about": about, "base": base, "seeds": len(runs),
                    "train_min": [round(r["train_time_s"] / 60, 1) for r in runs],
                    "steps": [r["steps"] for r in runs],
                    "stop": sorted({str(r["stop_reason"]) for r in runs}),
                    "mean": entry["mean"], "std": entry["std"], "change": {}}
-            if base is not None and base in report["models"]:
+            if base is not None:
                 for task in entry["mean"]:
                     if task in report["models"][base]["mean"]:
                         row["change"][task] = change(report, name, base, task)

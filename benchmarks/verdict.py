@@ -2,7 +2,7 @@
 
     python benchmarks/verdict.py                          # scientific and longsyn, all steps
     python benchmarks/verdict.py --datasets longsyn --skip-full
-    python benchmarks/verdict.py --report-only            # redraw from what is stored
+    python benchmarks/verdict.py --stored-only            # only the finished runs on disk
 
 For each data set ``D`` (``data/D``, its CF table ``data/D_cf/cf.safetensors``, runs in
 ``runs/verdict_D``; the commands that make them are in configs/verdict_cpu.yaml):
@@ -56,12 +56,48 @@ def log(message: str) -> None:
 
 
 # --- 1. the sampled protocols -----------------------------------------------------------------
-def run_compare(dataset: str, protocol: str, models: tuple[str, ...], progress: bool) -> dict:
+def stored_config(out: Path, models: tuple[str, ...], into: Path) -> tuple[Path, tuple[str, ...]]:
+    """A copy of the config whose models run only the seeds finished in ``out``.
+
+    For ``--stored-only``: nothing is trained; a model with no finished run is left out (and
+    the report says so). Returns the config path and the models kept."""
+    import yaml
+
+    from gensr.runs import FINISHED
+
+    doc = yaml.safe_load(CONFIG.read_text())
+    kept = []
+    for name in models:
+        seeds = []
+        for run_json in sorted((out / name).glob("seed*/run.json")):
+            if json.loads(run_json.read_text()).get("status") in FINISHED:
+                seeds.append(int(run_json.parent.name.removeprefix("seed")))
+        if not seeds:
+            log(f"  --stored-only: {name} has no finished run in {out}: left out")
+            continue
+        entry = doc["models"].setdefault(name, {}) or {}
+        entry["seeds"] = seeds
+        doc["models"][name] = entry
+        kept.append(name)
+    into.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return into, tuple(kept)
+
+
+def run_compare(dataset: str, protocol: str, models: tuple[str, ...], progress: bool,
+                stored_only: bool = False) -> dict:
+    """``gensr compare`` of ``models`` on ``dataset`` under one candidate ``protocol``."""
+    import tempfile
+
     from gensr.compare import compare
 
-    return compare(ROOT / "data" / dataset, ",".join(models), ROOT / "runs" / f"verdict_{dataset}",
-                   config_path=CONFIG, cf_path=ROOT / "data" / f"{dataset}_cf" / "cf.safetensors",
-                   candidates=protocol, progress=progress, device="cpu", log=log)
+    out = ROOT / "runs" / f"verdict_{dataset}"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = CONFIG
+        if stored_only:
+            config, models = stored_config(out, models, Path(tmp) / "verdict_stored.yaml")
+        return compare(ROOT / "data" / dataset, ",".join(models), out, config_path=config,
+                       cf_path=ROOT / "data" / f"{dataset}_cf" / "cf.safetensors",
+                       candidates=protocol, progress=progress, device="cpu", log=log)
 
 
 # --- 2. the full catalogue ----------------------------------------------------------------------
@@ -356,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seeded test subset of the full-catalogue evaluation")
     ap.add_argument("--out", type=Path, default=RESULTS / "verdict")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--stored-only", action="store_true",
+                    help="train nothing: each model's seeds are its finished runs on disk")
     args = ap.parse_args(argv)
     import torch
 
@@ -369,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         per: dict = {"protocols": {}}
         for protocol in args.protocols.split(","):
             log(f"== {dataset}: {protocol}")
-            per["protocols"][protocol] = run_compare(dataset, protocol, models, args.progress)
+            per["protocols"][protocol] = run_compare(dataset, protocol, models, args.progress,
+                                                     args.stored_only)
         first = next(iter(per["protocols"].values()))
         per["levers"] = lever_settings(first)
         curves = minutes_curves(first)
