@@ -512,7 +512,7 @@ def test_named_variants_are_columns_of_their_own(tmp_path, tiny_data_dir):
 
 
 def test_a_model_entry_may_set_its_own_seeds(tmp_path, tiny_data_dir):
-    doc = {**TINY, "seeds": [0, 1], "models": {
+    doc = {**TINY, "seeds": [0, 1], "significance": {"reference": "sasrec"}, "models": {
         "sasrec": TINY["models"]["sasrec"],
         "sasrec-one": {"type": "sasrec", "seeds": [0], "model": {"hidden": 16, "n_layers": 1,
                                                                  "dropout": 0.3}}}}
@@ -522,6 +522,9 @@ def test_a_model_entry_may_set_its_own_seeds(tmp_path, tiny_data_dir):
     assert report["models"]["sasrec"]["seeds"] == [0, 1]
     assert report["models"]["sasrec-one"]["seeds"] == [0]
     assert not (out / "sasrec-one" / "seed1").exists()
+    # a one-seed column: compare.md says that its † cannot rest on training seeds
+    text = " ".join((out / "compare.md").read_text().split())
+    assert "One training seed (sasrec-one)" in text
     again = compare(tiny_data_dir, "sasrec,sasrec-one", out, seeds=1,  # --seeds wins
                     config_path=_yaml(tmp_path / "s.yaml", doc), progress=False, log=_quiet)
     assert again["models"]["sasrec"]["seeds"] == [0]

@@ -243,6 +243,12 @@ def compare_markdown(report: dict[str, Any]) -> str:
                          f"paired {sig['test']} over instances (each instance's metric "
                          "averaged over seeds) is listed beside it for information: it "
                          "ignores seed variance.")
+            single = sorted(n for n, m in report["models"].items()
+                            if m.get("trainable") and len(m["seeds"]) == 1)
+            if single:
+                notes.append("One training seed (" + ", ".join(single) + "): the bootstrap "
+                             "has no seed variance to resample on that side, so a † there "
+                             "rests on that seed and the instances, not on training seeds.")
         else:
             notes.append(f"{SIGNIFICANCE_MARK} = {sig['reference']}'s difference from this "
                          f"model is significant (p < {sig['alpha']:g}, two-sided paired "
