@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +366,7 @@ def acquire_lock(target: str | Path, error: type[GensrError], *, what: str = "",
         _remove_made(made)
         raise error(f"cannot take the lock {path}: it keeps changing")
     if previous:
-        (log or _note)(f"note: {label}: took over the lock {path.name} of "
+        (log or note)(f"note: {label}: took over the lock {path.name} of "
                        f"{describe_holder(previous)}: that process is gone")
     try:
         os.ftruncate(fd, 0)
@@ -410,8 +410,9 @@ def _remove_made(made: list[Path]) -> None:
             return
 
 
-def _note(text: str) -> None:
-    print(text, file=sys.stderr)
+def note(text: str) -> None:
+    """Print one ``note:`` line (on stderr): something gensr did on its own and says so."""
+    print(text if text.startswith("note:") else f"note: {text}", file=sys.stderr)
 
 
 @contextmanager
@@ -471,10 +472,11 @@ def no_space_is_error(path: str | Path, error: type[GensrError],
 
 
 def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None],
-                 error: type[GensrError]) -> Path:
+                 error: type[GensrError] | None) -> Path:
     """Write ``path`` through a temporary file beside it renamed into place: a reader sees
-    the old file or the new one, never half of one; on a full disk (one-line ``error``) or
-    any other failure the temporary file is removed. ``content``: text, bytes, or
+    the old file or the new one, never half of one; on a full disk (one-line ``error``; with
+    ``error`` None the library's error passes unchanged, for a caller that words it) or any
+    other failure the temporary file is removed. ``content``: text, bytes, or
     ``write(tmp_path)``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -483,7 +485,7 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
         tmp.unlink(missing_ok=True)
 
     try:
-        with no_space_is_error(path, error, remove):
+        with no_space_is_error(path, error, remove) if error is not None else nullcontext():
             if isinstance(content, str):
                 tmp.write_text(content, encoding="utf-8")
             elif isinstance(content, bytes):
@@ -495,3 +497,26 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
         remove()
         raise
     return path
+
+
+def write_folder_atomic(folder: str | Path, write: Callable[[Path], None],
+                        error: type[GensrError] | None) -> Path:
+    """:func:`write_atomic` for a library that writes a whole folder (a tokenizer's or a
+    config's ``save_pretrained``): ``write(tmp_folder)`` into a temporary folder beside
+    ``folder``, then each file it wrote renamed into ``folder``, so every file there is the
+    old one or the new one, never half of one. The temporary folder is always removed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with no_space_is_error(folder, error) if error is not None else nullcontext():
+            tmp.mkdir()
+            write(tmp)
+            for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                dest = folder / src.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -30,10 +30,14 @@ from torch import nn
 from gensr.config import update_config
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
-from gensr.errors import ConfigError, DataError, RunError
+from gensr.errors import ConfigError, DataError, RunError, damaged
+from gensr.files import first_line, read_json
+from gensr.outputs import write_atomic
 
 #: the copy of the CF table a run directory holds (models with a ``cf_path`` setting)
 CF_FILE = "cf.safetensors"
+#: what to do about a damaged file of a run directory (the end of its one-line error)
+RUN_AGAIN = "restore it from a copy or train the run again"
 
 
 @dataclass
@@ -251,13 +255,17 @@ class SRModel(nn.Module):
                 continue
             seen[ptr] = k
             unique[k] = v
-        save_file(unique, str(directory / "model.safetensors"))
-        (directory / "model.json").write_text(json.dumps({
+        # each file through a temporary file renamed into place: a crash or a full disk
+        # leaves the previous weights whole (or none), never half of them; a full disk's
+        # error passes unchanged, the trainer words it (gensr.train.run._one_writer)
+        write_atomic(directory / "model.safetensors",
+                     lambda tmp: save_file(unique, str(tmp)), None)
+        write_atomic(directory / "model.json", json.dumps({
             "model": self.name,
             "config": dataclasses.asdict(self.config),
             "data_fingerprint": self.data_fingerprint,
             **({"cf_table": cf} if cf else {}),
-        }, indent=2))
+        }, indent=2), None)
 
     def _save_cf_table(self, directory: Path) -> dict[str, str] | None:
         """Copy the CF table the model was built from into ``directory`` (``cf.safetensors``)
@@ -344,9 +352,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"{path}: not a readable safetensors file ({first[:120]}): the file "
-                       "is damaged") from None
+        raise damaged(path, "safetensors", first_line(err), RunError, RUN_AGAIN) from None
 
 
 def _is_alias(model: nn.Module, name: str, state: dict[str, torch.Tensor]) -> bool:
@@ -363,14 +369,7 @@ def read_model_card(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "model.json"
     if not path.exists():
         raise RunError(f"{directory} holds no model (model.json missing): not a finished run")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        why = f"{err.msg} at line {err.lineno}" if isinstance(err, json.JSONDecodeError) \
-            else type(err).__name__
-        raise RunError(f"{path}: not valid JSON ({why}): the file is damaged") from None
-    if not isinstance(card, dict):
-        raise RunError(f"{path}: expected a JSON object, got {type(card).__name__}")
+    card: dict[str, Any] = read_json(path, RunError, hint=RUN_AGAIN)
     for key, kind in (("model", str), ("config", dict), ("data_fingerprint", str)):
         if not isinstance(card.get(key), kind):
             raise RunError(f"{path}: '{key}' is missing or not a {kind.__name__}: not a "

@@ -16,6 +16,9 @@ import torch
 from gensr.data.dataset import SRData
 from gensr.data.text import analyze
 from gensr.errors import RunError
+from gensr.files import read_json
+from gensr.models.base import RUN_AGAIN
+from gensr.outputs import write_atomic
 
 
 def build_vocabulary(data: SRData, with_items: bool) -> list[str]:
@@ -50,10 +53,11 @@ class WordVocabularyArtifacts:
     def build(cls, config, data: SRData, artifacts: Path | None = None):
         vocabulary = None
         if artifacts is not None and (artifacts / cls.vocab_file).exists():
-            vocabulary = json.loads((artifacts / cls.vocab_file).read_text())
+            path = artifacts / cls.vocab_file
+            vocabulary = read_json(path, RunError, expect=None, hint=RUN_AGAIN)
             if not isinstance(vocabulary, list):
-                raise RunError(f"{artifacts / cls.vocab_file}: expected a list of words")
+                raise RunError(f"{path}: expected a list of words")
         return cls(config, data, vocabulary=vocabulary)
 
     def save_artifacts(self, directory: Path) -> None:
-        (directory / self.vocab_file).write_text(json.dumps(self.vocabulary))
+        write_atomic(directory / self.vocab_file, json.dumps(self.vocabulary), None)
