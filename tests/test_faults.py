@@ -10,7 +10,9 @@ training died, damaged files, an 80-column terminal, a real client's fuzzing.
   exit 2, nothing half-written left;
 * an unfinished run is evaluated with a warning naming its state and step;
 * truncated Parquet, JSON, YAML, CSV and safetensors files: one line naming the file and
-  saying it is damaged;
+  saying it is damaged; so for every file a saved model is read back from (weights, card,
+  word lists, disc's table shape, backbone config and card, tokenizer); a damaged token
+  cache is built again after a note; ``save_pretrained`` dying midway leaves each file whole;
 * tables at ``COLUMNS=80``: every figure whole;
 * schemathesis (``--checks all``) against the served schema of a run with full-catalogue
   routes finds nothing.
@@ -453,6 +455,125 @@ def test_truncated_yaml_json_csv_and_safetensors(tmp_path, tiny_data_dir, tiny_c
     line = _one_error(*run_gensr("train", "--model", "lightgcn", "--data", tiny_data_dir,
                                  "--out", tmp_path / "lg", "--cf", cf))
     assert "cf.json: not valid JSON" in line and "the file is damaged" in line, line
+
+
+# --- damaged files of a run directory, a damaged cache, a save that dies midway ---------------
+
+DISC = {"backbone": "scratch-t5", "scratch_d_model": 16, "scratch_vocab_size": 400,
+        "max_his_len": 8, "item_text_tokens": 4, "encoder_layers": 1, "encoder_heads": 2,
+        "encoder_ff": 32, "head_hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory, tiny_data, tiny_cf_path) -> Path:
+    """Untrained tiny runs of the models whose run directories hold files besides the
+    weights: TEM's words, disc's tokenizer and table shape, GenSR's backbone and tokenizer."""
+    root = tmp_path_factory.mktemp("saved")
+    for name, values in (("sasrec", {}), ("tem", {}), ("disc", DISC), ("gensr", {})):
+        write_tiny_run(name, tiny_data, root, tiny_cf_path, **values)
+    return root
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize(("model", "name", "what"), [
+    ("sasrec", "model.json", "JSON"),
+    ("sasrec", "model.safetensors", "safetensors"),
+    ("tem", "tem_words.json", "JSON"),
+    ("disc", "disc_embedding.json", "JSON"),
+    ("disc", "tokenizer/tokenizer.json", "JSON"),
+    ("gensr", "backbone/gensr_backbone.json", "JSON"),
+    ("gensr", "backbone/config.json", "JSON"),
+    ("gensr", "tokenizer/tokenizer_config.json", "JSON"),
+])
+def test_a_truncated_model_file(model, name, what, saved_runs, tmp_path):
+    """Every file a saved model is read back from: one line naming it, never a parser's
+    traceback (the tokenizer's and config's JSON files are read before transformers is)."""
+    from gensr.models.base import RUN_AGAIN
+
+    run = Path(shutil.copytree(saved_runs / model, tmp_path / model))
+    _truncate(run / name)
+    line = _one_error(*run_gensr("evaluate", run, "--max-instances", "20"))
+    assert f"{run / name}: not valid {what} (" in line, line
+    assert line.endswith(f"the file is damaged; {RUN_AGAIN}"), line
+
+
+def test_a_damaged_tokenizer_file_that_is_not_json(saved_runs, tmp_path):
+    """A tokenizer file only the tokenizer library parses: the folder is named."""
+    from gensr.models.gensr.backbone import load_run_tokenizer
+
+    folder = Path(shutil.copytree(saved_runs / "gensr" / "tokenizer", tmp_path / "tok"))
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": 7}')
+    with pytest.raises(RunError, match=r"tok: not valid tokenizer folder \(.*\): the file is "
+                                       r"damaged; restore it"):
+        load_run_tokenizer(folder)
+    with pytest.raises(RunError, match=r"nope is missing: the run's tokenizer"):
+        load_run_tokenizer(tmp_path / "nope")
+
+
+def test_save_pretrained_replaces_each_file_whole(saved_runs, tiny_data, tmp_path,
+                                                  monkeypatch):
+    """A save that dies midway (a full disk, a crash) leaves the previous weights, card,
+    backbone config and tokenizer whole and no temporary file: each file is written beside
+    its place and renamed into it."""
+    import gensr.models.base as base
+    from gensr.models.registry import model_class
+
+    run = Path(shutil.copytree(saved_runs / "gensr", tmp_path / "gensr"))
+    model = model_class("gensr").from_pretrained(run, tiny_data)
+    before = _files(run)
+
+    def half_weights(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a")
+        raise _enospc(filename)
+
+    def half_tokenizer(folder, *a, **k):
+        (Path(folder) / "tokenizer.json").write_text('{"version": "1.')
+        raise _enospc()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(base, "save_file", half_weights)
+        with pytest.raises(OSError, match="No space left"):
+            model.save_pretrained(run)
+    after = _files(run)  # (the artefacts before the weights were saved again, whole)
+    assert sorted(after) == sorted(before)  # no temporary file left
+    assert all(after[k] == before[k] for k in ("model.safetensors", "model.json"))
+    with monkeypatch.context() as patch:
+        patch.setattr(model.backbone.tokenizer, "save_pretrained", half_tokenizer)
+        with pytest.raises(OSError, match="No space left"):
+            model.save_pretrained(run)
+    assert _files(run) == after
+    model.save_pretrained(run)  # room again: written whole, read back
+    assert sorted(_files(run)) == sorted(before)
+    model_class("gensr").from_pretrained(run, tiny_data)
+
+
+def test_a_damaged_token_cache_is_built_again(tmp_path, tiny_data_dir, tiny_cf_path):
+    """``DATA_DIR/cache/`` tables cut short or emptied: a one-line note each, built again and
+    replaced whole; the command goes on."""
+    from gensr.data import load_data
+
+    data = Path(shutil.copytree(tiny_data_dir, tmp_path / "data"))
+    shutil.rmtree(data / "cache", ignore_errors=True)
+    run = write_tiny_run("gensr", load_data(data), tmp_path, tiny_cf_path)
+    whole = _files(data / "cache")
+    caches = sorted((data / "cache").glob("*.npy"))
+    assert len(caches) == 2, whole.keys()  # item and query tokens
+    _truncate(caches[0])
+    caches[1].write_bytes(b"")
+    code, text = run_gensr("evaluate", run, "--max-instances", "20")
+    assert code == 0, text
+    notes = [line for line in text.splitlines() if line.startswith("note:")]
+    for path in caches:
+        assert any(n.startswith(f"note: {path}: not valid .npy table (") and
+                   n.endswith("the file is damaged; it is a cache: building it again")
+                   for n in notes), text
+    assert _files(data / "cache") == whole  # rebuilt whole, no temporary file left
+    code, text = run_gensr("evaluate", run, "--max-instances", "20")
+    assert code == 0 and "note:" not in text, text
 
 
 # --- tables at 80 columns ------------------------------------------------------------------

@@ -659,11 +659,11 @@ CASES = [
          lambda c: ["evaluate", _edit_run(c, "model.json", _json_edit(
              lambda d: d.update(data_fingerprint="0000")))], "was trained on data 0000"),
     Case("weights-garbage", lambda c: ["evaluate", _edit_run(c, "model.safetensors", b"\x00" * 64)],
-         "model.safetensors: not a readable safetensors file"),
+         "model.safetensors: not valid safetensors"),
     Case("weights-truncated",
          lambda c: ["evaluate", _edit_run(c, "model.safetensors",
                                           lambda p: p.write_bytes(p.read_bytes()[:200]))],
-         "not a readable safetensors file"),
+         "not valid safetensors"),
     Case("weights-of-another-shape",
          lambda c: ["evaluate", _edit_run(c, "model.safetensors", _weights_wrong_shape)],
          "weights do not fit the model"),

@@ -6,14 +6,18 @@ one-line error naming the file and saying that it is damaged (never a parser's t
 * :func:`read_json` — ``meta.json``, ``run.json``, CF cards, caches;
 * :func:`read_parquet` — the canonical data directory's tables;
 * :func:`open_safetensors` — CF tables (``model.safetensors`` is read by
-  :mod:`gensr.models.base` with the same words);
+  :mod:`gensr.models.base` with the same words, :func:`gensr.errors.damaged`);
 * :func:`check_csv_end` — raw CSV logs: a last line cut mid-row (fewer fields than the header,
   no line end) is a truncated file. A file cut exactly between two fields cannot be told
   from a complete one.
 
-YAML (``--config`` files) is read by :func:`gensr.config.load_yaml`. The message has one
-shape everywhere (:func:`gensr.errors.damaged`): ``PATH: not valid FORMAT (detail): the file
-is damaged`` plus, where the caller knows one, what to do about it.
+YAML (``--config`` files) is read by :func:`gensr.config.load_yaml`. A run directory's
+model files go through these readers too (:mod:`gensr.models.base`: ``model.json``,
+``model.safetensors``; :func:`gensr.models.gensr.backbone.load_run_tokenizer` and
+``check_json_files``: the tokenizer's and backbone's JSON files), and a damaged token cache
+(:mod:`gensr.models.gensr.tokens`) is built again after a ``note:`` in the same words.
+The message has one shape everywhere (:func:`gensr.errors.damaged`): ``PATH: not valid
+FORMAT (detail): the file is damaged`` plus, where the caller knows one, what to do about it.
 """
 
 from __future__ import annotations

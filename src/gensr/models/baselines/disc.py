@@ -36,8 +36,9 @@ from torch import nn
 from gensr.data.batching import Batch
 from gensr.data.dataset import SRData
 from gensr.errors import ConfigError, RunError
-from gensr.models.base import ModelOutput, SRModel
-from gensr.models.gensr.backbone import load_backbone
+from gensr.files import read_json
+from gensr.models.base import RUN_AGAIN, ModelOutput, SRModel
+from gensr.models.gensr.backbone import load_backbone, load_run_tokenizer
 from gensr.models.gensr.configuration import DualViewConfig
 from gensr.models.gensr.modeling import (
     build_views,
@@ -46,6 +47,7 @@ from gensr.models.gensr.modeling import (
     info_nce,
     scratch_corpus,
 )
+from gensr.outputs import write_atomic, write_folder_atomic
 from gensr.tensor import masked_mean
 
 EMBEDDING_FILE = "disc_embedding.json"
@@ -126,18 +128,18 @@ class DiscriminativeTwin(SRModel):
                      ) -> tuple[object, nn.Embedding]:
         """The tokenizer and an embedding table shaped like the backbone's input embeddings."""
         if artifacts is not None:  # a run directory: its own tokenizer, never a new one
-            from transformers import AutoTokenizer
-
-            if not (artifacts / EMBEDDING_FILE).is_file():
-                raise RunError(f"{artifacts / EMBEDDING_FILE} is missing: the run's token "
-                               "table shape (an incomplete or damaged run)")
-
-            shape = json.loads((artifacts / EMBEDDING_FILE).read_text())
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(artifacts / "tokenizer")
-            except (OSError, ValueError) as err:
-                raise RunError(f"{artifacts}/tokenizer: {str(err).splitlines()[0]}") from None
-            return tokenizer, nn.Embedding(int(shape["rows"]), int(shape["dim"]))
+            path = artifacts / EMBEDDING_FILE
+            if not path.is_file():
+                raise RunError(f"{path} is missing: the run's token table shape (an "
+                               "incomplete or damaged run)")
+            shape = read_json(path, RunError, hint=RUN_AGAIN)
+            rows, dim = shape.get("rows"), shape.get("dim")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                       for v in (rows, dim)):
+                raise RunError(f"{path}: 'rows' and 'dim' must be positive integers, got "
+                               f"{rows!r} and {dim!r}: not a file gensr wrote; {RUN_AGAIN}")
+            tokenizer = load_run_tokenizer(artifacts / "tokenizer")
+            return tokenizer, nn.Embedding(rows, dim)
         d = config.scratch_d_model
         backbone = load_backbone(  # a scratch tokenizer learns GenSR's (default) corpus
             config.backbone, artifacts=None, corpus=scratch_corpus(data), answer_yes="Yes",
@@ -156,10 +158,12 @@ class DiscriminativeTwin(SRModel):
         return cls(config, data, artifacts=artifacts)
 
     def save_artifacts(self, directory: Path) -> None:
-        self.tokenizer.save_pretrained(directory / "tokenizer")  # type: ignore[attr-defined]
-        (directory / EMBEDDING_FILE).write_text(json.dumps({
+        # each file renamed into place whole (as model.safetensors)
+        write_folder_atomic(directory / "tokenizer",
+                            self.tokenizer.save_pretrained, None)  # type: ignore[attr-defined]
+        write_atomic(directory / EMBEDDING_FILE, json.dumps({
             "rows": self.token_embedding.num_embeddings,
-            "dim": self.token_embedding.embedding_dim}))
+            "dim": self.token_embedding.embedding_dim}), None)
 
     # --- the five slot vectors -----------------------------------------------------------------
     def _mean_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -34,13 +34,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from gensr.errors import ConfigError, RunError
+from gensr.errors import ConfigError, RunError, damaged
+from gensr.files import first_line, read_json
+from gensr.models.base import RUN_AGAIN
 from gensr.models.gensr.backbones.lora import LoraSettings, apply_lora
 from gensr.models.gensr.backbones.sources import (
     load_pretrained,
     quiet_transformers,
     resolve_source,
 )
+from gensr.outputs import write_atomic, write_folder_atomic
 
 SCRATCH = "scratch-t5"
 BACKBONE_CARD = "gensr_backbone.json"  # kind + tying, in RUN_DIR/backbone/
@@ -277,12 +280,12 @@ class Backbone(nn.Module, ABC):
 
     def save(self, directory: Path) -> None:
         """Write the backbone's config, tokenizer, kind and tying (weights: model.safetensors)."""
-        core = self.core
-        core.config.save_pretrained(directory / "backbone")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
+        core = self.core  # every file renamed into place whole (as model.safetensors)
+        write_folder_atomic(directory / "backbone", core.config.save_pretrained, None)
+        write_folder_atomic(directory / "tokenizer", self.tokenizer.save_pretrained, None)
         card = {"kind": self.kind, "lm_head_tied": self.lm_head_tied,
                 "tying": tied_groups(core), "fresh": list(self.fresh)}
-        (directory / "backbone" / BACKBONE_CARD).write_text(json.dumps(card, indent=2))
+        write_atomic(directory / "backbone" / BACKBONE_CARD, json.dumps(card, indent=2), None)
 
 
 class Seq2SeqBackbone(Backbone):
@@ -397,27 +400,51 @@ BACKBONES: dict[str, type[Backbone]] = {"seq2seq": Seq2SeqBackbone, "causal": Ca
 
 
 # --- loading -------------------------------------------------------------------------------
+def check_json_files(folder: Path) -> None:
+    """Read every JSON file a run directory saved in ``folder`` (the backbone's config and
+    card, the tokenizer's files) through :func:`gensr.files.read_json`, so that a damaged
+    one is the one-line error naming it, not the libraries' parser tracebacks."""
+    for path in sorted(folder.glob("*.json")):
+        read_json(path, RunError, expect=None, hint=RUN_AGAIN)
+
+
+def load_run_tokenizer(folder: Path) -> Any:
+    """The tokenizer a run directory saved in ``folder``, offline; a damaged file is one line
+    naming it (a JSON file), or naming the folder (a file only the tokenizer can parse)."""
+    from transformers import AutoTokenizer
+
+    if not folder.is_dir():
+        raise RunError(f"{folder} is missing: the run's tokenizer (an incomplete or damaged "
+                       "run)")
+    check_json_files(folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # sentencepiece, tokenizers and transformers raise their own
+        raise damaged(folder, "tokenizer folder", first_line(err), RunError,
+                      RUN_AGAIN) from None
+
+
 def _from_run_dir(artifacts: Path, answer_yes: str, answer_no: str,
                   lora: LoraSettings) -> Backbone:
     """The backbone of a run directory, offline: config + tokenizer + kind + tying (weights
     come from model.safetensors afterwards)."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     folder = artifacts / "backbone"
     card_path = folder / BACKBONE_CARD
     if not card_path.is_file():
         raise RunError(f"{card_path} is missing: the backbone's kind and weight tying (an "
                        "incomplete or damaged run)")
-    card = json.loads(card_path.read_text())
+    check_json_files(folder)
+    card = read_json(card_path, RunError, hint=RUN_AGAIN)
     if card.get("kind") not in BACKBONES:
         raise RunError(f"{card_path}: unknown backbone kind {card.get('kind')!r}")
-    tokenizer = AutoTokenizer.from_pretrained(artifacts / "tokenizer")
-    config = AutoConfig.from_pretrained(folder)
+    tokenizer = load_run_tokenizer(artifacts / "tokenizer")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise RunError(f"{folder / 'config.json'}: not a backbone config "
+                       f"({first_line(err)}); {RUN_AGAIN}") from None
     cls = AutoModelForSeq2SeqLM if card["kind"] == "seq2seq" else AutoModelForCausalLM
     with quiet_transformers():
         model = cls.from_config(config, dtype=torch.float32)

@@ -8,20 +8,24 @@ named by what decides its content: the kind (items or queries), the width, a fin
 the tokenizer (its full serialised form: vocabulary, normaliser, pre-tokeniser) and the
 data's fingerprint. A table is built once per (data, tokenizer, width); a changed tokenizer
 or width builds a new one. The cache is an optimisation only: a data directory that cannot
-be written to is tokenised in memory as before, and deleting ``cache/`` is always safe.
+be written to is tokenised in memory as before, and deleting ``cache/`` is always safe. A
+table is written to a temporary file renamed into place; one that is damaged all the same
+(cut short by a copy, overwritten) is built again after a one-line ``note:``, never refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gensr.errors import damaged
+from gensr.files import first_line
+from gensr.outputs import note, write_atomic
 
 CACHE_DIR = "cache"
 CHUNK = 1 << 16  # texts tokenised per call (bounds the Python lists alive at once)
@@ -72,27 +76,38 @@ def cached_token_table(tokenizer: Any, texts: list[str], width: int, *,
             f"-data{data_fingerprint}.npy")
     path = Path(data_dir) / CACHE_DIR / name
     if path.is_file():
-        try:
-            cached = np.load(path, allow_pickle=False)
-            if cached.shape == (len(texts), width):
-                return torch.from_numpy(cached.astype(np.int64))
-        except (OSError, ValueError):
-            pass  # unreadable: build it again
+        table = _read_cached(path, (len(texts), width))
+        if table is not None:
+            return table
     table = token_table(tokenizer, texts, width)
     _save(path, table.numpy().astype(np.int32))
     return table
 
 
+def _read_cached(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached table at ``path``; None, after a one-line note, when the file is damaged
+    (cut short, overwritten) or not of ``shape``: it is built again and replaced."""
+    again = "it is a cache: building it again"
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy raises OSError, ValueError or EOFError on a bad file
+        note(str(damaged(path, ".npy table", first_line(err), hint=again)))
+        return None
+    if cached.shape == shape and np.issubdtype(cached.dtype, np.integer):
+        return torch.from_numpy(cached.astype(np.int64))
+    note(f"{path}: holds a {cached.dtype} table of shape {cached.shape}, not {shape}; {again}")
+    return None
+
+
 def _save(path: Path, array: np.ndarray) -> None:
-    """Write atomically (a temporary file renamed into place); give up quietly when the data
-    directory is read-only."""
-    tmp = None
+    """Write atomically (:func:`gensr.outputs.write_atomic`); give up quietly when the data
+    directory cannot be written (read-only, full): the cache is an optimisation only."""
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: np.save would add ".npy" to a name
+            np.save(fh, array, allow_pickle=False)
+
     try:
         path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, path)
+        write_atomic(path, write, None)
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass

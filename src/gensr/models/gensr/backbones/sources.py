@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from gensr.errors import ConfigError, RunError
+from gensr.files import read_json
 
 EXTRA = "gensr[backbones]"
 EXPORT_MARKER = "gensr_export.json"  # written into exported backbone directories
@@ -110,10 +110,8 @@ def _named(name: str) -> BackboneSource:
 def read_export_marker(directory: Path) -> dict[str, Any]:
     """The ``gensr_export.json`` of an exported backbone directory."""
     path = directory / EXPORT_MARKER
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: not a readable export marker ({err})") from None
+    meta = read_json(path, RunError, hint="export the backbone again "
+                     "(scripts/export_backbone.py NAME --out DIR --overwrite)")
     if meta.get("recipe", "auto") not in ("auto", "bert2bert"):
         raise RunError(f"{path}: unknown recipe {meta.get('recipe')!r}")
     return meta
