@@ -3,6 +3,7 @@
     python benchmarks/verdict.py                          # scientific and longsyn, all steps
     python benchmarks/verdict.py --datasets longsyn --skip-full
     python benchmarks/verdict.py --stored-only            # only the finished runs on disk
+    python benchmarks/verdict.py --datasets longsyn --merge   # redo one, keep the others
 
 For each data set ``D`` (``data/D``, its CF table ``data/D_cf/cf.safetensors``, runs in
 ``runs/verdict_D``; the commands that make them are in configs/verdict_cpu.yaml):
@@ -414,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--stored-only", action="store_true",
                     help="train nothing: each model's seeds are its finished runs on disk")
+    ap.add_argument("--summary", type=Path, default=None,
+                    help="a Markdown file of findings, printed under the title")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other data sets of an existing OUT.json; replace these")
     args = ap.parse_args(argv)
     import torch
 
@@ -422,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": f"{platform.processor() or platform.machine()}, "
                                f"{torch.get_num_threads()} threads, torch {torch.__version__}",
                     "config": str(CONFIG.relative_to(ROOT)), "datasets": {}}
+    if args.merge and args.out.with_suffix(".json").exists():
+        result["datasets"] = json.loads(args.out.with_suffix(".json").read_text())["datasets"]
+    if args.summary is not None:
+        result["summary"] = args.summary.read_text().splitlines() + [""]
     models = tuple(m for m in args.models.split(",") if m)
     for dataset in args.datasets.split(","):
         per: dict = {"protocols": {}}
