@@ -304,6 +304,8 @@ def ci_table(report: dict, metric: str = "N@10") -> list[str]:
 
 
 def runs_table(report: dict) -> list[str]:
+    from gensr.runs import STOP_REASONS
+
     lines = ["| model | seeds | training minutes (each seed) | steps (best) | stop |",
              "|---|---|---|---|---|"]
     for name, entry in report["models"].items():
@@ -313,7 +315,8 @@ def runs_table(report: dict) -> list[str]:
         lines.append(f"| {name} | {len(runs)} | "
                      + ", ".join(f"{r['train_time_s'] / 60:.1f}" for r in runs) + " | "
                      + ", ".join(f"{r['steps']} ({r['best_step']})" for r in runs) + " | "
-                     + ", ".join(sorted({str(r['stop_reason']) for r in runs})) + " |")
+                     + ", ".join(sorted({STOP_REASONS.get(r["stop_reason"], str(r["stop_reason"]))
+                                         for r in runs})) + " |")
     return lines
 
 
