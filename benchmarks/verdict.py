@@ -287,6 +287,38 @@ def protocol_table(report: dict) -> list[str]:
     return lines
 
 
+def headline_table(per: dict, metric: str = "N@10") -> list[str]:
+    """One row per model: its test ``metric`` under every protocol and task (mean ± std over
+    seeds, † = differs from gensr by the seed-aware test), then its seeds."""
+    from gensr.compare.report import decisive_p
+
+    cols = [(protocol, task) for task in ("rec", "src") for protocol in per["protocols"]
+            if not (task == "rec" and protocol == "bm25-hard")]  # rec bm25-hard = uniform
+    names = list(next(iter(per["protocols"].values()))["models"])
+    head = " | ".join(f"{'rec' if t == 'rec' else 'search'} {p}" for p, t in cols)
+    lines = [f"| model | {head} | seeds |", "|---|" + "---|" * (len(cols) + 1)]
+    best = {}
+    for p, t in cols:
+        vals = [e["mean"][t][metric] for e in per["protocols"][p]["models"].values()
+                if t in e["mean"]]
+        best[(p, t)] = max(vals) if vals else None
+    for n in names:
+        cells = []
+        for p, t in cols:
+            report = per["protocols"][p]
+            e = report["models"].get(n)
+            if e is None or t not in e["mean"]:
+                cells.append("–")
+                continue
+            r = report["significance"]["results"].get(n, {}).get(t, {}).get(metric)
+            mark = "†" if r is not None and decisive_p(r) < report["significance"]["alpha"] else ""
+            text = _cell(e["mean"][t][metric], e["std"][t][metric], mark)
+            cells.append(f"**{text}**" if e["mean"][t][metric] == best[(p, t)] else text)
+        seeds = len(next(iter(per["protocols"].values()))["models"][n]["runs"])
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {seeds} |")
+    return lines
+
+
 def ci_table(report: dict, metric: str = "N@10") -> list[str]:
     ref = report["significance"]["reference"]
     lines = [f"| {ref} vs | task | Δ{metric} | 95% CI (seeds × instances) | p | p (instances "
@@ -358,6 +390,9 @@ def markdown(result: dict) -> str:
         out += [f"- {n}: " + (", ".join(f"{k} {v}" for k, v in lv.items()) or "none")
                 for n, lv in per["levers"].items()]
         out += ["", "**Runs**", ""] + runs_table(first) + [""]
+        out += ["**Test N@10 under every protocol** (mean ± std over seeds; † = differs from "
+                "gensr, seed-aware; rec under bm25-hard is the uniform rec column):", ""]
+        out += headline_table(per) + [""]
         out += [f"![quality against minutes](verdict_minutes_{dataset}.png)", ""]
         for protocol, report in per["protocols"].items():
             ev = report["eval"]
