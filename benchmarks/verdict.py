@@ -4,6 +4,7 @@
     python benchmarks/verdict.py --datasets longsyn --skip-full
     python benchmarks/verdict.py --stored-only            # only the finished runs on disk
     python benchmarks/verdict.py --datasets longsyn --merge   # redo one, keep the others
+    python benchmarks/verdict.py --render-only --summary FINDINGS.md   # rewrite the .md
 
 For each data set ``D`` (``data/D``, its CF table ``data/D_cf/cf.safetensors``, runs in
 ``runs/verdict_D``; the commands that make them are in configs/verdict_cpu.yaml):
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "verdict_cpu.yaml"
 PROTOCOLS = ("uniform", "bm25-hard", "dense-hard")
-MODELS = ("gensr", "gensr-v1", "gensr-paper", "disc", "unisar", "sasrec", "tem", "pop", "bm25", "random")
+MODELS = ("gensr", "gensr-v1", "gensr-paper", "disc", "unisar", "sasrec", "tem", "pop", "bm25",
+          "random")
 RERANKERS = ("gensr", "gensr-v1", "gensr-paper", "disc", "unisar")
 RETRIEVERS = {"lightgcn": "rec", "sasrec": "rec", "bm25": "src", "tem": "src"}
 SHOWN = ("R@10", "N@10")
@@ -457,7 +459,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="a Markdown file of findings, printed under the title")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other data sets of an existing OUT.json; replace these")
+    ap.add_argument("--render-only", action="store_true",
+                    help="evaluate nothing: write OUT.md again from OUT.json (and --summary)")
     args = ap.parse_args(argv)
+    if args.render_only:
+        result = json.loads(args.out.with_suffix(".json").read_text())
+        if args.summary is not None:
+            result["summary"] = args.summary.read_text().splitlines() + [""]
+            args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(result))
+        log(f"wrote {args.out.with_suffix('.md')} from {args.out.with_suffix('.json')}")
+        return 0
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
