@@ -221,8 +221,11 @@ def compare_markdown(report: dict[str, Any]) -> str:
              f"Candidates `{strategy}`: "
              f"{CANDIDATE_NOTES[strategy].format(n=ev['n_candidates'] - 1)}."]
     if report["n_seeds"] > 1:
-        notes.append(f"Mean ± sample standard deviation over seeds {seeds} (models whose "
-                     "result does not depend on a seed ran once).")
+        counts = {len(m["seeds"]) for m in report["models"].values() if m.get("trainable")}
+        which = (f"seeds {seeds}" if len(counts) <= 1 else
+                 "each model's seeds (the runs table; a model with one seed shows no ±)")
+        notes.append(f"Mean ± sample standard deviation over {which} (models whose result "
+                     "does not depend on a seed ran once).")
     total = ev.get("split_instances")
     used = sum(n.values())
     if ev["max_instances"] is not None and total is not None and used < total:
