@@ -16,7 +16,8 @@ For each data set ``D`` (``data/D``, its CF table ``data/D_cf/cf.safetensors``, 
    directly (SASRec, TEM, LightGCN, pop, BM25) under full ranking, and the models that
    cannot (GenSR, disc, UniSAR) reranking the top 100 of each retriever (rec: LightGCN,
    SASRec seed 0; search: BM25, TEM seed 0): alone, reranked, and fused with the retriever's
-   score (the weight chosen on 1,000 valid instances per run, :func:`choose_fusion_weight`).
+   score (the weight chosen on ``--fuse-valid`` valid instances per run,
+   :func:`choose_fusion_weight`).
 3. Quality against minutes: every trained model's validation metric against its training
    minutes (``run.json`` history), one PNG per data set.
 
@@ -104,7 +105,8 @@ def run_compare(dataset: str, protocol: str, models: tuple[str, ...], progress: 
 
 
 # --- 2. the full catalogue ----------------------------------------------------------------------
-def full_catalogue(dataset: str, report: dict, max_instances: int | None) -> dict:
+def full_catalogue(dataset: str, report: dict, max_instances: int | None,
+                   rerankers: tuple[str, ...] = RERANKERS, fuse_valid: int = 1000) -> dict:
     """Full ranking of the score_all models, and every reranker over every retriever."""
     from gensr.data import load_data
     from gensr.eval.protocol import evaluate_full
@@ -117,7 +119,8 @@ def full_catalogue(dataset: str, report: dict, max_instances: int | None) -> dic
     data = load_data(ROOT / "data" / dataset)
     cf = ROOT / "data" / f"{dataset}_cf" / "cf.safetensors"
     seed = report["eval"]["seed"]
-    out: dict = {"direct": {}, "rerank": {}, "max_instances": max_instances, "n": 100}
+    out: dict = {"direct": {}, "rerank": {}, "max_instances": max_instances, "n": 100,
+                 "fuse_valid": fuse_valid}
     # direct full ranking: trained runs (every seed) and the reference scorers
     direct = {"lightgcn": [("lightgcn", None)], "pop": [("pop", None)], "bm25": [("bm25", None)]}
     for name in ("sasrec", "tem"):
@@ -144,7 +147,7 @@ def full_catalogue(dataset: str, report: dict, max_instances: int | None) -> dic
              "sasrec": f"sasrec={report['models']['sasrec']['runs'][0]['run_dir']}",
              "tem": f"tem={report['models']['tem']['runs'][0]['run_dir']}"}
     retrievers = {name: build_retriever(spec, data, device="cpu") for name, spec in specs.items()}
-    for name in RERANKERS:
+    for name in rerankers:
         if name not in report["models"]:
             continue
         per_retriever: dict = {}
@@ -158,8 +161,8 @@ def full_catalogue(dataset: str, report: dict, max_instances: int | None) -> dic
                 prepare_inference(model)
                 start = time.time()
                 valid = evaluate_rerank(model, retriever, data, "valid", n=100, tasks=(task,),
-                                        progress=False, max_instances=1000, seed=seed,
-                                        fuse=FUSE_GRID)
+                                        progress=False, max_instances=fuse_valid,
+                                        seed=seed, fuse=FUSE_GRID)
                 weight = choose_fusion_weight(valid)
                 test = evaluate_rerank(model, retriever, data, "test", n=100, tasks=(task,),
                                        progress=False, max_instances=max_instances,
@@ -174,7 +177,8 @@ def full_catalogue(dataset: str, report: dict, max_instances: int | None) -> dic
             per_retriever[rname] = _summarise_rerank(rows, task, seed_bootstrap)
             best = per_retriever[rname]
             log(f"  {name} ∘ {rname}: alone N@10 {best['alone']['N@10']:.4f}, reranked "
-                f"{best['rerank']['N@10']['mean']:.4f}, fused {best['fused']['N@10']['mean']:.4f}")
+                f"{best['rerank']['N@10']['mean']:.4f}, fused {best['fused']['N@10']['mean']:.4f}"
+                f" ({best['seconds']:.0f}s)")
         out["rerank"][name] = per_retriever
     return out
 
@@ -408,8 +412,8 @@ def markdown(result: dict) -> str:
             out += [f"### {dataset}, full catalogue", "",
                     "Train and valid items masked, the target never; rerankers score the "
                     "retriever's top 100; fused = z(reranker) + w · z(retriever), w chosen per "
-                    "run on 1,000 valid instances. † = differs from the retriever alone "
-                    "(two-level bootstrap).", ""]
+                    f"run on {per['full'].get('fuse_valid', 1000):,} valid instances. † = "
+                    "differs from the retriever alone (two-level bootstrap).", ""]
             out += full_table(per["full"]) + [""]
     return "\n".join(out) + "\n"
 
@@ -427,8 +431,8 @@ def write_full(dataset: str, full: dict, result: dict, into: Path) -> None:
             f"{full['max_instances']:,} instances (both tasks; each task keeps its own), every "
             "item ranked with the user's train and valid items masked, the target never. "
             "Rerankers score the retriever's top 100 (a target the retriever missed scores 0); "
-            "fused = z(reranker) + w · z(retriever), w chosen per run on 1,000 valid "
-            "instances from (0, 0.25, 0.5, 1, 2, 4); w = 0 is the reranker alone. † = differs "
+            "fused = z(reranker) + w · z(retriever), w chosen per run on "
+            f"{full.get('fuse_valid', 1000):,} valid instances from (0, 0.25, 0.5, 1, 2, 4); w = 0 is the reranker alone. † = differs "
             "from the retriever alone (two-level bootstrap over the reranker's seeds and the "
             "instances, p < 0.05).", ""]
     stem.with_suffix(".md").write_text("\n".join(text + full_table(full)) + "\n")
@@ -451,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-full", action="store_true", help="no full-catalogue evaluation")
     ap.add_argument("--full-instances", type=int, default=2000,
                     help="seeded test subset of the full-catalogue evaluation")
+    ap.add_argument("--rerankers", default=",".join(RERANKERS),
+                    help="the models that rerank each retriever's top 100 in the full catalogue")
+    ap.add_argument("--fuse-valid", type=int, default=1000,
+                    help="valid instances on which each run's fusion weight is chosen")
     ap.add_argument("--out", type=Path, default=RESULTS / "verdict")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--stored-only", action="store_true",
@@ -496,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                      args.out.parent / f"verdict_minutes_{dataset}.png")
         if not args.skip_full:
             log(f"== {dataset}: full catalogue")
-            per["full"] = full_catalogue(dataset, first, args.full_instances)
+            per["full"] = full_catalogue(dataset, first, args.full_instances,
+                                         tuple(r for r in args.rerankers.split(",") if r),
+                                         args.fuse_valid)
             write_full(dataset, per["full"], result, args.out.parent)
         result["datasets"][dataset] = per
     args.out.with_suffix(".json").write_text(json.dumps(strip(result), indent=1))
