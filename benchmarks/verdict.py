@@ -432,7 +432,8 @@ def write_full(dataset: str, full: dict, result: dict, into: Path) -> None:
             "item ranked with the user's train and valid items masked, the target never. "
             "Rerankers score the retriever's top 100 (a target the retriever missed scores 0); "
             "fused = z(reranker) + w · z(retriever), w chosen per run on "
-            f"{full.get('fuse_valid', 1000):,} valid instances from (0, 0.25, 0.5, 1, 2, 4); w = 0 is the reranker alone. † = differs "
+            f"{full.get('fuse_valid', 1000):,} valid instances from (0, 0.25, 0.5, 1, 2, 4); "
+            "w = 0 is the reranker alone. † = differs "
             "from the retriever alone (two-level bootstrap over the reranker's seeds and the "
             "instances, p < 0.05).", ""]
     stem.with_suffix(".md").write_text("\n".join(text + full_table(full)) + "\n")
