@@ -34,7 +34,8 @@ ROWS = {  # column -> (what it is, the row it changes one lever of)
     "gensr-paper": ("the paper's GenSR (no model lever)", None),
     "gensr-v1": ("gensr's earlier recommendation: + candidate text, item vector, behaviour "
                  "marker, query match", "gensr-paper"),
-    "gensr": ("**recommended**: v1 + the user's LightGCN vector in the prompt", "gensr-v1"),
+    "gensr": ("v1 + the user's LightGCN vector in the prompt (recommended for long "
+              "histories: docs/levers.md)", "gensr-v1"),
     "gensr-list": ("gensr + listwise loss (weight 1)", "gensr"),
     "gensr-cf": ("gensr, hard negatives from the user's top LightGCN items", "gensr"),
     "gensr-uni": ("gensr, uniform negatives only", "gensr"),
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = row
         result["protocols"][protocol] = {"instances": report["eval"]["instances"],
                                          "rows": rows}
+        result["not_run"] = [n for n in ROWS if n not in rows]
     (RESULTS / "long_history.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "long_history.md").write_text(markdown(result))
     print(f"wrote {RESULTS / 'long_history.md'}")
@@ -155,6 +157,10 @@ def markdown(result: dict) -> str:
              "change against the row named in *vs* (N@10; † p < 0.05: two-level bootstrap "
              "over seeds and instances when both rows have several seeds, else the paired "
              "t-test over instances).", ""]
+    if result.get("not_run"):
+        lines += ["Rows of the config with no finished run (not measured; `--stored-only` "
+                  "leaves them out): " + ", ".join(f"`{n}`" for n in result["not_run"]) + ".",
+                  ""]
     for protocol, per in result["protocols"].items():
         n = per["instances"]
         lines += [f"## {protocol} candidates ({n['rec']:,} rec + {n['src']:,} search test "
