@@ -326,3 +326,38 @@ def test_the_retrieval_stage_runs_with_its_own_thread_count(runs, tiny_data):
         code, out = run_gensr("serve", runs["gensr"], "--retrieve-threads", bad)
         assert code == 2 and out.strip().splitlines() == [
             f"error: --retrieve-threads must be auto, all or a number >= 1, got {bad!r}"]
+
+
+def test_bad_fusion_weights_are_refused_in_one_line(runs, tiny_data):
+    """``--fuse``: a weight that is not finite and >= 0, ``auto`` where no validation runs,
+    a malformed NAME=W, or a weight for a retriever the ranker does not have (never a weight
+    silently unused) is one error line; the Python API refuses the same."""
+    from gensr.errors import ConfigError
+
+    ids = tiny_data.item_orig_id
+    rank = ("rank", runs["gensr"], "--full", "--history", ids[3], "--device", "cpu")
+    for args, message in [
+        (("evaluate", runs["gensr"], "--fuse", "1", "--device", "cpu"),
+         "add --full --retriever"),
+        (("evaluate", runs["gensr"], "--full", "--retriever", "bm25", "--fuse", "-1",
+          "--device", "cpu"), "weight >= 0"),
+        (("evaluate", runs["gensr"], "--full", "--retriever", "bm25", "--fuse", "much",
+          "--device", "cpu"), "--fuse must be auto or a weight"),
+        ((*rank, "--fuse", "auto"), "auto is for gensr evaluate"),
+        ((*rank, "--fuse", "=1"), "--fuse expects W or NAME=W, got '=1'"),
+        ((*rank, "--fuse", "nan"), "weight >= 0"),
+        ((*rank, "--retriever", "lightgcn", "--fuse", "bm25=1"),
+         "--fuse names 'bm25', which is not a retriever here (retrievers: lightgcn)"),
+    ]:
+        code, out = run_gensr(*args)
+        assert code == 2 and message in out and "Traceback" not in out, (args, out)
+    with pytest.raises(ConfigError, match="weight >= 0"):
+        Ranker.from_run(runs["gensr"], device="cpu", retrievers=["lightgcn"], fuse=-0.5)
+    ranker = Ranker.from_run(runs["gensr"], device="cpu", retrievers=["lightgcn"],
+                             fuse={"bm25": 1.0})
+    with pytest.raises(ConfigError, match="'bm25', which is not a retriever here"):
+        ranker.retrievers  # noqa: B018 (built on first use, checked then)
+    fused = Ranker.from_run(runs["gensr"], device="cpu", retrievers=["lightgcn"],
+                            fuse={"lightgcn": "0.5"})
+    assert fused.catalogue.fuse == {"lightgcn": 0.5}
+    assert fused.catalogue.fusion_weight("lightgcn") == 0.5

@@ -54,22 +54,19 @@ def _fuse_option(evaluate: bool = False):
 
 
 def _parse_fuse(values: list[str] | None) -> float | dict[str, float] | None:
-    """``--fuse W`` or ``--fuse NAME=W`` (repeatable) -> a weight, or name -> weight."""
+    """``--fuse W`` or ``--fuse NAME=W`` (repeatable) -> a weight, or name -> weight (each
+    checked by :func:`gensr.serve.full.checked_fuse`)."""
     from gensr.errors import ConfigError
-    from gensr.eval.runner import parse_fuse
+    from gensr.serve.full import checked_fuse
 
     if not values:
         return None
     if len(values) == 1 and "=" not in values[0]:
-        weight = parse_fuse(values[0])
-        if not isinstance(weight, float):
-            raise ConfigError("--fuse takes a weight here (auto is for gensr evaluate)")
-        return weight
-    out: dict[str, float] = {}
+        return checked_fuse(values[0])
+    out: dict[str, str] = {}
     for value in values:
         name, sep, text = value.partition("=")
-        weight = parse_fuse(text) if sep and name.strip() else None
-        if not isinstance(weight, float):
+        if not sep or not name.strip():
             raise ConfigError(f"--fuse expects W or NAME=W, got {value!r}")
-        out[name.strip()] = weight
-    return out
+        out[name.strip()] = text
+    return checked_fuse(out)

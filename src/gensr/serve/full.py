@@ -35,7 +35,7 @@ import torch
 from gensr.data.batching import Batch, pack_batch
 from gensr.data.dataset import SRData
 from gensr.data.schema import TASK_INDEX, TASKS
-from gensr.errors import GensrError
+from gensr.errors import ConfigError, GensrError
 from gensr.models.base import SRModel
 from gensr.serve.errors import OverloadedError, RequestError
 from gensr.serve.requests import TASK_WORDS, Limits, RequestReader, positive_int
@@ -60,6 +60,25 @@ DEFAULT_RERANK_N = 100
 # query ~4x slower (~1.4 vs 0.3 ms) on the 2-core development machine, and one dense pass
 # over 100k items is still a few ms on one core.
 SMALL_CATALOGUE = 100_000
+
+
+def checked_fuse(fuse: Any) -> float | dict[str, float] | None:
+    """``fuse`` of :class:`CatalogueRanker`: None, one weight, or retriever name -> weight;
+    every weight finite and >= 0 (:func:`gensr.eval.runner.parse_fuse`'s rule)."""
+    from gensr.eval.runner import parse_fuse
+
+    def weight(value: Any) -> float:
+        parsed = parse_fuse(value) if not isinstance(value, bool) else None
+        if not isinstance(parsed, float):
+            raise ConfigError(f"--fuse takes a weight >= 0 here, got {value!r} (auto is "
+                              "for gensr evaluate)")
+        return parsed
+
+    if fuse is None:
+        return None
+    if isinstance(fuse, Mapping):
+        return {str(name): weight(w) for name, w in fuse.items()}
+    return weight(fuse)
 
 
 class NoRetrieverError(RequestError):
@@ -140,7 +159,7 @@ class CatalogueRanker:
 
         self.ranker = ranker
         self.rerank_n = int(rerank_n)
-        self.fuse = fuse
+        self.fuse = checked_fuse(fuse)
         self.index_kind = index
         if retrieve_threads == "auto":
             retrieve_threads = 1 if ranker.data.n_items <= SMALL_CATALOGUE else None
@@ -161,6 +180,8 @@ class CatalogueRanker:
         else:
             specs = [retrievers] if isinstance(retrievers, str) else retrievers
             self._retriever_specs, self._retriever_set = specs, None
+        if self._retriever_set is not None:
+            self._check_fuse_names(self._retriever_set)
 
     @property
     def retrievers(self) -> Any:
@@ -179,8 +200,20 @@ class CatalogueRanker:
                     built = [build_retriever(s, ranker.data, run_dir=ranker.run_dir,
                                              device=ranker.model.device,
                                              index=self.index_kind) for s in specs]
-                    self._retriever_set = RetrieverSet(built)
+                    retriever_set = RetrieverSet(built)
+                    self._check_fuse_names(retriever_set)
+                    self._retriever_set = retriever_set
         return self._retriever_set
+
+    def _check_fuse_names(self, retrievers: Any) -> None:
+        """A fusion weight for a retriever the ranker does not have is an error, not a
+        weight silently never used."""
+        if isinstance(self.fuse, Mapping):
+            names = retrievers.names()
+            unknown = sorted(set(self.fuse) - set(names))
+            if unknown:
+                raise ConfigError(f"--fuse names {', '.join(map(repr, unknown))}, which "
+                                  f"is not a retriever here (retrievers: {', '.join(names)})")
 
     def card(self) -> dict[str, Any]:
         """The retrievers, ``rerank_n`` and ``retrieve_threads`` for the model card (empty
