@@ -1216,26 +1216,23 @@ def main() -> None:
         sp.add_argument("--name", default="")
         sp.add_argument("--init", choices=("recbole", "joint"), default="recbole",
                         help="LightGCN: RecBole's initialisation or gensr's (one joint table)")
-    sp = add("unisar-export", cmd_unisar_export)
-    sp.add_argument("--n", type=int, default=300, help="instances per task")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--run", type=Path, default=None, help="a trained gensr UniSAR run")
-    for name, fn in (("unisar-official", cmd_unisar_official),
-                     ("unisar-official-worker", cmd_unisar_official_worker)):
-        sp = add(name, fn)
-        sp.add_argument("--checkout", type=Path, default=Path("/work/refcheck/unisar"))
-        sp.add_argument("--python", default="/work/refcheck/venv/bin/python")
-        sp.add_argument("--n", type=int, default=300)
-    sp = add("tem-export", cmd_tem_export)
-    sp.add_argument("--n", type=int, default=300, help="search instances")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--run", type=Path, default=None, help="a trained gensr TEM run")
-    for name, fn in (("tem-official", cmd_tem_official),
-                     ("tem-official-worker", cmd_tem_official_worker)):
-        sp = add(name, fn)
-        sp.add_argument("--checkout", type=Path, default=Path("/work/refcheck/prodsearch"))
-        sp.add_argument("--python", default="/work/refcheck/venv/bin/python")
-        sp.add_argument("--n", type=int, default=300)
+    # the official UniSAR and TEM codes: the same three commands each
+    for model, counted, checkout, commands in (
+            ("UniSAR", "instances per task", "unisar",
+             (cmd_unisar_export, cmd_unisar_official, cmd_unisar_official_worker)),
+            ("TEM", "search instances", "prodsearch",
+             (cmd_tem_export, cmd_tem_official, cmd_tem_official_worker))):
+        export, official, worker = commands
+        sp = add(f"{model.lower()}-export", export)
+        sp.add_argument("--n", type=int, default=300, help=counted)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--run", type=Path, default=None, help=f"a trained gensr {model} run")
+        for name, fn in ((f"{model.lower()}-official", official),
+                         (f"{model.lower()}-official-worker", worker)):
+            sp = add(name, fn)
+            sp.add_argument("--checkout", type=Path, default=Path("/work/refcheck") / checkout)
+            sp.add_argument("--python", default="/work/refcheck/venv/bin/python")
+            sp.add_argument("--n", type=int, default=300)
     add("report", cmd_report)
     args = p.parse_args()
     args.fn(args)
