@@ -151,14 +151,17 @@ def full_catalogue(dataset: str, report: dict, max_instances: int | None,
         if name not in report["models"]:
             continue
         per_retriever: dict = {}
+        models = []  # each run's model, loaded once for every retriever
+        for run in report["models"][name]["runs"]:
+            model, _ = load_run(Path(run["run_dir"]), data, "cpu")
+            prepare_inference(model)
+            models.append(model)
         for rname, retriever in retrievers.items():
             task = RETRIEVERS[rname]
             if task not in report["models"][name]["tasks"]:
                 continue
             rows = []
-            for run in report["models"][name]["runs"]:
-                model, _ = load_run(Path(run["run_dir"]), data, "cpu")
-                prepare_inference(model)
+            for run, model in zip(report["models"][name]["runs"], models):
                 start = time.time()
                 valid = evaluate_rerank(model, retriever, data, "valid", n=100, tasks=(task,),
                                         progress=False, max_instances=fuse_valid,
